@@ -1,0 +1,40 @@
+/**
+ * The recipient limiter: a token bucket counted in recipients (SES counts recipients, not messages).
+ * Two implementations behind this interface: in-process (local-limiter.ts) and shared through Redis
+ * (redis-limiter.ts, Bottleneck clustering), chosen in main.ts.
+ *
+ * Guarantee: over any window of W seconds, tokens granted <= rate * W + burst.
+ */
+
+export class LimiterUnavailableError extends Error {
+  constructor(
+    message: string,
+    override readonly cause?: unknown,
+  ) {
+    super(message);
+    this.name = 'LimiterUnavailableError';
+  }
+}
+
+export interface LimiterStatus {
+  /** Configured recipients per second. */
+  rate: number;
+  /** Current rate after throttling slow-downs (<= rate). */
+  effectiveRate: number;
+  burst: number;
+  /** False when the shared store is unreachable (delivery pauses). */
+  available: boolean;
+}
+
+export interface RecipientLimiter {
+  /**
+   * Wait until `recipients` tokens are available and take them (recipients <= burst).
+   * Rejects with LimiterUnavailableError when the limiter cannot grant safely, or when `signal` aborts.
+   */
+  acquire(recipients: number, signal?: AbortSignal): Promise<void>;
+  /** SES answered `454 Throttling failure`: slow down for a while, then recover gradually. */
+  throttled(): void;
+  status(): LimiterStatus;
+  /** Stop timers and connections; pending acquires reject. */
+  stop(): Promise<void>;
+}

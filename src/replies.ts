@@ -1,0 +1,145 @@
+/**
+ * The one catalogue of SMTP replies the relay gives its clients (RFC 5321 codes, RFC 3463 enhanced
+ * status codes). Every entry is listed in README.md ("SMTP replies"); test/replies.test.ts checks it.
+ * Ingress code never writes a reply text inline: it throws `smtpError('key')`.
+ */
+
+export interface ReplyDefinition {
+  code: number;
+  enhanced: string;
+  text: string;
+  /** What it means for the client, for the README table. */
+  meaning: string;
+}
+
+export const REPLIES = {
+  queued: {
+    code: 250,
+    enhanced: '2.0.0',
+    text: 'Ok: queued as',
+    meaning: 'Message is on disk (fsync done) and will be delivered; the queue id follows.',
+  },
+  shuttingDown: {
+    code: 421,
+    enhanced: '4.3.2',
+    text: 'Service shutting down, try again later',
+    meaning: 'The relay is stopping; retry later (another replica will take it).',
+  },
+  tooManyConnections: {
+    code: 421,
+    enhanced: '4.7.0',
+    text: 'Too many connections, try again later',
+    meaning: 'SMTP_MAX_CLIENTS connections are already open.',
+  },
+  authLockedOut: {
+    code: 421,
+    enhanced: '4.7.0',
+    text: 'Too many failed authentication attempts, try again later',
+    meaning: 'This client address failed AUTH too often; it is locked out for a while.',
+  },
+  spoolUnavailable: {
+    code: 452,
+    enhanced: '4.3.1',
+    text: 'Insufficient system storage, try again later',
+    meaning: 'The spool could not store the message durably (disk full, I/O error); nothing was kept.',
+  },
+  tooManyRecipients: {
+    code: 452,
+    enhanced: '4.5.3',
+    text: 'Too many recipients',
+    meaning: 'More than SMTP_MAX_RECIPIENTS recipients in one message; send the rest in another.',
+  },
+  authUnavailable: {
+    code: 454,
+    enhanced: '4.7.0',
+    text: 'Temporary authentication failure, try again later',
+    meaning: 'The API key table could not be consulted; nothing is wrong with the credentials yet.',
+  },
+  policyUnavailable: {
+    code: 451,
+    enhanced: '4.3.0',
+    text: 'Suppression list temporarily unavailable, try again later',
+    meaning: 'BLOCKLIST_ACTION=reject and the suppression list could not be consulted.',
+  },
+  badSenderSyntax: {
+    code: 553,
+    enhanced: '5.1.7',
+    text: 'Bad sender address syntax',
+    meaning: 'MAIL FROM is not a valid address.',
+  },
+  badRecipientSyntax: {
+    code: 553,
+    enhanced: '5.1.3',
+    text: 'Bad recipient address syntax',
+    meaning: 'RCPT TO is not a valid address.',
+  },
+  authRequired: {
+    code: 530,
+    enhanced: '5.7.0',
+    text: 'Authentication required',
+    meaning: 'SMTP_USERS (or USE_APIKEY) is set and the client is not in SMTP_TRUSTED_NETWORKS: AUTH first.',
+  },
+  authInvalid: {
+    code: 535,
+    enhanced: '5.7.8',
+    text: 'Authentication credentials invalid',
+    meaning: 'Wrong user name, password or API key.',
+  },
+  encryptionRequired: {
+    code: 538,
+    enhanced: '5.7.11',
+    text: 'Encryption required for requested authentication mechanism',
+    meaning: 'AUTH over plaintext is refused: use STARTTLS (or set SMTP_ALLOW_INSECURE_AUTH).',
+  },
+  relayDenied: {
+    code: 550,
+    enhanced: '5.7.1',
+    text: 'Relay access denied',
+    meaning: 'No SMTP_USERS are configured and the client is not in a trusted network.',
+  },
+  recipientSuppressed: {
+    code: 550,
+    enhanced: '5.7.1',
+    text: 'Recipient address is on the suppression list',
+    meaning: 'BLOCKLIST_ACTION=reject and the recipient (or its domain) bounced or complained before.',
+  },
+  messageTooBig: {
+    code: 552,
+    enhanced: '5.3.4',
+    text: 'Message size exceeds fixed maximum message size',
+    meaning: 'The message is larger than SMTP_MAX_MESSAGE_SIZE (advertised in EHLO SIZE).',
+  },
+  senderNotAllowed: {
+    code: 553,
+    enhanced: '5.7.1',
+    text: 'Sender address not allowed for this API key',
+    meaning: 'The API key may only send from the domains listed in its table item.',
+  },
+} as const satisfies Record<string, ReplyDefinition>;
+
+export type ReplyKey = keyof typeof REPLIES;
+
+/** An Error that smtp-server turns into the SMTP reply (it reads `responseCode`). */
+export class SmtpReplyError extends Error {
+  readonly responseCode: number;
+  readonly enhanced: string;
+  readonly key: ReplyKey;
+  constructor(key: ReplyKey, detail?: string) {
+    const r = REPLIES[key];
+    super(`${r.enhanced} ${r.text}${detail ? ` (${detail})` : ''}`);
+    this.name = 'SmtpReplyError';
+    this.responseCode = r.code;
+    this.enhanced = r.enhanced;
+    this.key = key;
+  }
+}
+
+export function smtpError(key: ReplyKey, detail?: string): SmtpReplyError {
+  return new SmtpReplyError(key, detail);
+}
+
+/** Full reply line text for a catalogue entry, e.g. `452 4.3.1 Insufficient system storage...`. */
+export function replyLine(key: ReplyKey, detail?: string): string {
+  const r = REPLIES[key];
+  return `${r.code} ${r.enhanced} ${r.text}${detail ? ` ${detail}` : ''}`;
+}
