@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import ms from 'ms';
-import { bool, cleanEnv, makeValidator, num, port, str, EnvError, EnvMissingError } from 'envalid';
+import { bool, cleanEnv, makeValidator, port, str, EnvError, EnvMissingError } from 'envalid';
 
 export class ConfigError extends Error {
   constructor(
