@@ -166,7 +166,6 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
     return scriptFn?.(ctx);
   }
 
-  let server: SMTPServer;
   function dropConnection(connectionId: string): void {
     const conns = (server as unknown as { connections: Set<{ id: string; _socket?: { destroy(): void } }> })
       .connections;
@@ -193,7 +192,7 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
     connectionId: session.id,
   });
 
-  server = new SMTPServer({
+  const server: SMTPServer = new SMTPServer({
     secure: options.implicitTls ?? false,
     key: SERVER_KEY,
     cert: SERVER_CERT,
