@@ -1,0 +1,205 @@
+/**
+ * Builds the relay's parts from a Config and wires their start and stop:
+ * ingress (SMTP listener) → spool → dispatcher (policy → limiter → transport), observability beside.
+ * main.ts calls startRelay(); tests may call it in-process too.
+ */
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config';
+import type { Spool } from './spool/spool';
+import { SqliteSpool } from './spool/sqlite-spool';
+import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
+import type { Authenticator } from './ingress/authenticator';
+import { allowAll, type RecipientPolicy } from './policy/policy';
+import type { RecipientLimiter } from './egress/limiter';
+import { LocalLimiter } from './egress/local-limiter';
+import type { Transport } from './egress/transport';
+import { SesSmtpTransport } from './egress/ses-smtp-transport';
+import { OutboxTransport } from './egress/outbox-transport';
+import { Dispatcher } from './egress/dispatcher';
+import { registerQueueMetrics } from './egress/queue-metrics';
+import { registry } from './observability/metrics';
+import { startHttpServer, type HttpServer, type ReadinessReport } from './observability/http-server';
+import type { Logger } from './observability/logger';
+
+export interface RelayOptions {
+  logger: Logger;
+  /** Extra trusted CAs for the upstream connection (tests; production uses NODE_EXTRA_CA_CERTS). */
+  upstreamCa?: Buffer;
+}
+
+export interface Relay {
+  readonly config: Config;
+  smtpAddress(): AddressInfo;
+  metricsAddress(): AddressInfo;
+  readiness(): Promise<ReadinessReport>;
+  /** Graceful stop: 421 to new sessions, finish in-flight transactions, stop delivery; bounded by SHUTDOWN_TIMEOUT. */
+  stop(): Promise<void>;
+}
+
+/** The spool as the ingress sees it: every durable store wakes the dispatcher, so new mail leaves at once. */
+function wakingSpool(spool: Spool, wake: () => void): Spool {
+  return new Proxy(spool, {
+    get(target, prop) {
+      if (prop === 'store') {
+        return async (...args: Parameters<Spool['store']>) => {
+          const id = await target.store(...args);
+          wake();
+          return id;
+        };
+      }
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
+async function buildPolicy(
+  config: Config,
+  _logger: Logger,
+): Promise<{ policy: RecipientPolicy; authenticator?: Authenticator }> {
+  return { policy: allowAll };
+}
+
+async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLimiter> {
+  const l = config.limiter;
+  return new LocalLimiter({
+    rate: l.rate,
+    burst: l.burst,
+    throttleFactor: l.throttleFactor,
+    throttleRecoveryMs: l.throttleRecoveryMs,
+    logger,
+  });
+}
+
+function buildTransport(config: Config, options: RelayOptions): Transport {
+  const e = config.egress;
+  if (!e.sesHost) return new OutboxTransport({ dir: e.outboxDir, logger: options.logger });
+  return new SesSmtpTransport({
+    host: e.sesHost,
+    port: e.sesPort,
+    secure: e.sesSecure,
+    username: e.username ?? '',
+    password: e.password ?? '',
+    poolSize: e.poolSize,
+    maxMessagesPerConnection: e.maxMessagesPerConnection,
+    maxConnectionAgeMs: e.maxConnectionAgeMs,
+    connectionTimeoutMs: e.connectionTimeoutMs,
+    tls: options.upstreamCa ? { ca: options.upstreamCa } : undefined,
+    logger: options.logger,
+  });
+}
+
+export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
+  const { logger } = options;
+  const spool = await SqliteSpool.open({
+    dir: config.spool.dir,
+    failedRetentionMs: config.spool.failedRetentionMs,
+    logger,
+  });
+  registerQueueMetrics(spool);
+  const { policy, authenticator } = await buildPolicy(config, logger);
+  const limiter = await buildLimiter(config, logger);
+  const transport = buildTransport(config, options);
+  if (!config.egress.sesHost) {
+    logger.warn(
+      { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
+      `AWS_SMTP_HOST is not set: embedded mode, mail is delivered as .eml files into ${config.egress.outboxDir} (nothing is sent to SES)`,
+    );
+  }
+  const dispatcher = new Dispatcher({
+    spool,
+    transport,
+    limiter,
+    policy,
+    config: config.egress,
+    burst: config.limiter.burst,
+    failOpen: config.policy.failOpen,
+    logger,
+  });
+
+  let smtp: SmtpListener | undefined;
+  let http: HttpServer | undefined;
+  const readiness = async (): Promise<ReadinessReport> => {
+    const writable = await spool.isWritable();
+    const checks: ReadinessReport['checks'] = {
+      smtp: smtp?.listening ? 'ok' : 'failing',
+      spool: writable ? 'ok' : 'failing',
+      upstream: transport.healthy() ? 'ok' : 'degraded',
+      limiter: limiter.status().available ? 'ok' : 'degraded',
+      suppressionList: policy.healthy() ? 'ok' : 'degraded',
+    };
+    return { ready: checks.smtp === 'ok' && checks.spool === 'ok', checks };
+  };
+
+  try {
+    http = await startHttpServer({
+      host: config.observability.metricsHost,
+      port: config.observability.metricsPort,
+      registry,
+      readiness,
+      logger,
+    });
+    dispatcher.start();
+    smtp = createSmtpListener({
+      config: config.ingress,
+      spool: wakingSpool(spool, () => dispatcher.wake()),
+      authenticator,
+      policy,
+      rejectSuppressed: config.policy.useBlocklist && config.policy.action === 'reject',
+      logger,
+    });
+    await smtp.listen();
+  } catch (err) {
+    await dispatcher.stop(0).catch(() => {});
+    await http?.close().catch(() => {});
+    await transport.close().catch(() => {});
+    await limiter.stop().catch(() => {});
+    await policy.close().catch(() => {});
+    await spool.close().catch(() => {});
+    throw err;
+  }
+
+  const smtpAddress = smtp.address();
+  const metricsAddress = http.address();
+  logger.info(
+    {
+      event: 'relay:ready',
+      smtp: `${smtpAddress.address}:${smtpAddress.port}`,
+      metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+      upstream: transport.name,
+      rate: config.limiter.rate,
+      burst: config.limiter.burst,
+      limiter: config.limiter.redisUrl ? 'redis' : 'local',
+      queued: spool.counts().pending,
+    },
+    'ses-email-service ready',
+  );
+
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      const grace = config.egress.shutdownTimeoutMs;
+      logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
+      await Promise.all([smtp!.close(grace), dispatcher.stop(grace)]);
+      await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
+      await limiter.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
+      await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
+      const left = spool.counts();
+      await spool.close();
+      await http!.close();
+      logger.info(
+        { event: 'relay:stopped', queued: left.pending },
+        'stopped; queued mail stays in the spool',
+      );
+    })();
+    return stopping;
+  };
+
+  return {
+    config,
+    smtpAddress: () => smtpAddress,
+    metricsAddress: () => metricsAddress,
+    readiness,
+    stop,
+  };
+}
