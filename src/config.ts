@@ -46,6 +46,8 @@ export interface IngressConfig {
   maxRecipients: number;
   maxClients: number;
   socketTimeoutMs: number;
+  /** Delay before the 220 greeting (smtp-server's early-talker check; 0 = greet at once, as Postfix). */
+  greetingDelayMs: number;
 }
 
 export interface SpoolConfig {
@@ -210,6 +212,7 @@ const specs = {
   SMTP_MAX_RECIPIENTS: positiveInt({ default: 1000 }),
   SMTP_MAX_CLIENTS: positiveInt({ default: 1000 }),
   SMTP_SOCKET_TIMEOUT: duration({ default: 5 * 60_000 }),
+  SMTP_GREETING_DELAY: duration({ default: 0 }),
 
   SPOOL_DIR: str({ default: './spool' }),
   SPOOL_FAILED_RETENTION: duration({ default: 7 * 24 * 3600_000 }),
@@ -337,6 +340,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxRecipients: e.SMTP_MAX_RECIPIENTS,
       maxClients: e.SMTP_MAX_CLIENTS,
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT,
+      greetingDelayMs: e.SMTP_GREETING_DELAY,
     },
     spool: { dir: spoolDir, failedRetentionMs: e.SPOOL_FAILED_RETENTION },
     egress: {

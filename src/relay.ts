@@ -8,6 +8,7 @@ import type { Config } from './config';
 import type { Spool } from './spool/spool';
 import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
+import { setGreetingDelay } from './ingress/greeting-delay';
 import type { Authenticator } from './ingress/authenticator';
 import { allowAll, type RecipientPolicy } from './policy/policy';
 import type { RecipientLimiter } from './egress/limiter';
@@ -140,6 +141,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     dispatcher.start();
+    setGreetingDelay(config.ingress.greetingDelayMs);
     smtp = createSmtpListener({
       config: config.ingress,
       spool: wakingSpool(spool, () => dispatcher.wake()),
