@@ -1,0 +1,41 @@
+/**
+ * Ingress metrics (SMTP listener), on the shared registry with the `ses_relay_` prefix.
+ */
+import { Counter, Gauge } from 'prom-client';
+import { METRIC_PREFIX, registry } from '../observability/metrics';
+
+export const ingressMetrics = {
+  messagesReceived: new Counter({
+    name: `${METRIC_PREFIX}messages_received_total`,
+    help: 'Messages accepted by the SMTP listener (250 sent after the spool stored them durably).',
+    registers: [registry],
+  }),
+  recipientsReceived: new Counter({
+    name: `${METRIC_PREFIX}recipients_received_total`,
+    help: 'Envelope recipients of accepted messages (what the SES rate limit is spent on).',
+    registers: [registry],
+  }),
+  receivedBytes: new Counter({
+    name: `${METRIC_PREFIX}received_bytes_total`,
+    help: 'Body bytes of accepted messages as stored (after line-ending normalisation).',
+    registers: [registry],
+  }),
+  rejections: new Counter({
+    name: `${METRIC_PREFIX}smtp_rejections_total`,
+    help:
+      'SMTP error replies sent to clients, by reply: a key of the reply catalogue (src/replies.ts), ' +
+      'or smtp_<code> for protocol errors smtp-server answers by itself (syntax, sequence, SIZE).',
+    labelNames: ['reply'] as const,
+    registers: [registry],
+  }),
+  sessions: new Gauge({
+    name: `${METRIC_PREFIX}smtp_sessions`,
+    help: 'SMTP sessions currently open on the listener.',
+    registers: [registry],
+  }),
+  authFailures: new Counter({
+    name: `${METRIC_PREFIX}auth_failures_total`,
+    help: 'Failed SMTP AUTH attempts (wrong user name or password, or refused while locked out).',
+    registers: [registry],
+  }),
+};
