@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   CreateTableCommand,
+  DescribeTableCommand,
   DynamoDBClient,
   PutItemCommand,
   type AttributeValue,
@@ -126,6 +127,13 @@ export async function startDynalite(): Promise<Dynalite> {
           BillingMode: 'PAY_PER_REQUEST',
         }),
       );
+      // Wait for ACTIVE (bounded), so a stop() right after cannot leave the table half-created.
+      for (let i = 0; i < 100; i++) {
+        const t = await admin.send(new DescribeTableCommand({ TableName: name }));
+        if (t.Table?.TableStatus === 'ACTIVE') return;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      throw new Error(`table ${name} did not become ACTIVE`);
     },
     async put(table, item) {
       await admin.send(new PutItemCommand({ TableName: table, Item: item }));
