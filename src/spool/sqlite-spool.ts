@@ -1,0 +1,852 @@
+/**
+ * SqliteSpool: the durable spool on one SQLite database plus a directory of large bodies.
+ *
+ * Why this design:
+ * - One better-sqlite3 database `<dir>/spool.db` in WAL mode with `synchronous=FULL`: a committed
+ *   transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite gives
+ *   atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
+ *   backlog costs disk, not memory: the process keeps only the leases and a few counters.
+ * - Group commit: every write (store, settle, prune) is queued and the queue is flushed as ONE
+ *   transaction — everything that arrives while a commit runs goes into the next one, so concurrent
+ *   sessions share a single WAL fsync. Each op runs in its own SAVEPOINT, so one bad op fails alone;
+ *   a failed COMMIT fails the whole batch (and removes its body files). Every promise resolves only
+ *   after its COMMIT returned.
+ * - Bodies up to `inlineBodyMaxBytes` (256 KiB) are kept in memory and inserted as a BLOB in the same
+ *   transaction. Larger ones are streamed to `bodies/<id>.tmp` as they arrive (never buffered whole),
+ *   fsynced, renamed to `<id>.eml`; the directory is fsynced once per batch before the COMMIT that
+ *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
+ *   no row, which `open()` removes (as it removes `.tmp` leftovers).
+ * - Leases live in memory: after a restart every unfinished message is due again (at-least-once).
+ * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
+ *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Readable } from 'node:stream';
+import Database from 'better-sqlite3';
+import type { Logger } from '../observability/logger';
+import { silentLogger } from '../observability/logger';
+import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
+import { isQueueId, newQueueId } from './queue-id';
+import { spoolCommitBatchSize, spoolCommitSeconds, spoolWriteErrors } from './spool-metrics';
+import {
+  SpoolWriteError,
+  type FailedMessage,
+  type QueuedMessage,
+  type SettleOptions,
+  type Spool,
+  type SpoolCounts,
+} from './spool';
+
+export interface SqliteSpoolOptions {
+  /** Spool directory; created if missing. Holds `spool.db` and `bodies/`. */
+  dir: string;
+  /** How long permanently failed messages are kept for inspection (default 7 days). */
+  failedRetentionMs?: number;
+  logger?: Logger;
+  /** Bodies up to this size are stored inside the database (default 256 KiB). */
+  inlineBodyMaxBytes?: number;
+}
+
+/** Group-commit statistics (for tests and benches). */
+export interface CommitStats {
+  /** Transactions committed. */
+  commits: number;
+  /** Operations (stores, settles, prunes) in those transactions. */
+  operations: number;
+  /** Largest batch so far. */
+  maxBatch: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS messages (
+  id TEXT PRIMARY KEY,
+  mail_from TEXT NOT NULL,
+  reception TEXT NOT NULL,
+  received_at INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  body_in_file INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'failed')),
+  due_at INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  pending_recipients INTEGER NOT NULL,
+  finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (due_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE state = 'failed';
+CREATE TABLE IF NOT EXISTS recipients (
+  message_id TEXT NOT NULL,
+  position INTEGER NOT NULL,
+  recipient TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'suppressed', 'expired')),
+  reply TEXT,
+  code INTEGER,
+  PRIMARY KEY (message_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bodies (
+  id TEXT PRIMARY KEY,
+  data BLOB NOT NULL
+);
+`;
+
+/** Due, pending messages in due order (uses the partial index `messages_due`). */
+export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at
+  FROM messages WHERE state = 'pending' AND due_at <= ? ORDER BY due_at`;
+/** Pending messages in due order, for nextDueAt (same index). */
+export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE state = 'pending' ORDER BY due_at`;
+/** Pending messages waiting for a future retry time (range scan of `messages_due`). */
+export const DEFERRED_COUNT_SQL = `SELECT count(*) FROM messages WHERE state = 'pending' AND due_at > ?`;
+/** Oldest pending message (min of the partial index `messages_received`). */
+export const OLDEST_SQL = `SELECT min(received_at) FROM messages WHERE state = 'pending'`;
+
+const DEFAULT_INLINE_MAX = 256 * 1024;
+const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
+const PRUNE_INTERVAL = 3600_000;
+const PRUNE_CHUNK = 1000;
+/** Upper bound on operations per transaction, to keep one commit short. */
+const MAX_BATCH = 2000;
+
+interface MessageRow {
+  id: string;
+  mail_from: string;
+  reception: string;
+  received_at: number;
+  size: number;
+  body_in_file: number;
+  state: 'pending' | 'failed';
+  due_at: number;
+  attempts: number;
+  pending_recipients: number;
+  finished_at: number | null;
+}
+
+interface RecipientRow {
+  recipient: string;
+  status: 'pending' | RecipientOutcome['status'];
+  reply: string | null;
+  code: number | null;
+}
+
+/** What an operation did inside the transaction; `onCommit` runs only once it is durable. */
+interface OpResult<T> {
+  value: T;
+  onCommit?: () => void;
+}
+
+interface WriteOp {
+  apply: () => OpResult<unknown>;
+  /** The batch must fsync the bodies directory before committing (a new body file). */
+  syncBodiesDir: boolean;
+  /** Undo side effects outside the database when the op did not commit. */
+  onAbort?: () => Promise<void> | void;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+}
+
+interface ReadBody {
+  size: number;
+  /** Inline content, or undefined when the body is in `bodies/<id>.eml`. */
+  content?: Buffer;
+}
+
+export class SqliteSpool implements Spool {
+  private readonly leases = new Set<MessageId>();
+  private queue: WriteOp[] = [];
+  private flushScheduled = false;
+  private flushing = false;
+  private idleWaiters: Array<() => void> = [];
+  private readonly storesInFlight = new Set<Promise<unknown>>();
+  private closed = false;
+  private closing?: Promise<void>;
+  private pruneTimer?: NodeJS.Timeout;
+  private readonly stats: CommitStats = { commits: 0, operations: 0, maxBatch: 0 };
+  /** Messages with pending recipients, their pending recipients, and failed messages kept. */
+  private pendingMessages = 0;
+  private pendingRecipients = 0;
+  private failedMessages = 0;
+
+  private readonly stmt: ReturnType<typeof prepareStatements>;
+  private readonly inSavepoint: (fn: () => OpResult<unknown>) => OpResult<unknown>;
+  private readonly bodiesDir: string;
+
+  private constructor(
+    private readonly db: Database.Database,
+    private readonly dir: string,
+    private readonly failedRetentionMs: number,
+    private readonly inlineMax: number,
+    private readonly logger: Logger,
+  ) {
+    this.bodiesDir = path.join(dir, 'bodies');
+    this.stmt = prepareStatements(db);
+    this.inSavepoint = db.transaction((fn: () => OpResult<unknown>) => fn());
+  }
+
+  static async open(options: {
+    dir: string;
+    failedRetentionMs?: number;
+    logger?: Logger;
+    inlineBodyMaxBytes?: number;
+  }): Promise<SqliteSpool> {
+    const dir = path.resolve(options.dir);
+    const logger = options.logger ?? silentLogger;
+    const bodiesDir = path.join(dir, 'bodies');
+    try {
+      await fsp.mkdir(bodiesDir, { recursive: true });
+    } catch (err) {
+      throw new SpoolWriteError(`cannot create spool directory ${bodiesDir}`, err);
+    }
+    let db: Database.Database;
+    try {
+      db = new Database(path.join(dir, 'spool.db'));
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('journal_size_limit = 67108864');
+      db.pragma('busy_timeout = 5000');
+      db.exec(SCHEMA);
+    } catch (err) {
+      throw new SpoolWriteError(`cannot open spool database in ${dir}`, err);
+    }
+    // The database and WAL files may have just been created: make their directory entries durable.
+    await fsyncDir(dir);
+    const spool = new SqliteSpool(
+      db,
+      dir,
+      options.failedRetentionMs ?? DEFAULT_FAILED_RETENTION,
+      options.inlineBodyMaxBytes ?? DEFAULT_INLINE_MAX,
+      logger,
+    );
+    try {
+      await spool.removeOrphanBodies();
+      spool.loadCounters();
+      await spool.prune();
+    } catch (err) {
+      db.close();
+      throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
+    }
+    spool.pruneTimer = setInterval(() => {
+      spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
+    }, PRUNE_INTERVAL);
+    spool.pruneTimer.unref();
+    logger.info(
+      { dir, pending: spool.pendingMessages, failed: spool.failedMessages },
+      'spool opened',
+    );
+    return spool;
+  }
+
+  // ---------------------------------------------------------------- store
+
+  store(envelope: Envelope, body: Readable, reception: Omit<Reception, 'receivedAt'>): Promise<MessageId> {
+    const promise = this.storeMessage(envelope, body, reception);
+    this.storesInFlight.add(promise);
+    const forget = (): void => {
+      this.storesInFlight.delete(promise);
+    };
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  private async storeMessage(
+    envelope: Envelope,
+    body: Readable,
+    reception: Omit<Reception, 'receivedAt'>,
+  ): Promise<MessageId> {
+    if (this.closed) {
+      body.resume();
+      throw new SpoolWriteError('spool is closed');
+    }
+    if (envelope.recipients.length === 0) {
+      body.resume();
+      throw new TypeError('an envelope needs at least one recipient');
+    }
+    const id = newQueueId();
+    const bodyFile = path.join(this.bodiesDir, `${id}.eml`);
+    let read: ReadBody;
+    try {
+      read = await this.readBody(id, body);
+    } catch (err) {
+      spoolWriteErrors.inc({ stage: 'body' });
+      this.logger.warn({ queueId: id, err }, 'message body not stored');
+      throw new SpoolWriteError('message body could not be stored', err);
+    }
+    const inFile = read.content === undefined;
+    const receivedAt = Date.now();
+    const receptionJson = JSON.stringify({
+      clientAddress: reception.clientAddress,
+      heloName: reception.heloName,
+      authUser: reception.authUser,
+    });
+    const recipients = [...envelope.recipients];
+    try {
+      await this.enqueue<void>(
+        () => {
+          this.stmt.insertMessage.run(
+            id,
+            envelope.mailFrom,
+            receptionJson,
+            receivedAt,
+            read.size,
+            inFile ? 1 : 0,
+            receivedAt,
+            recipients.length,
+          );
+          recipients.forEach((recipient, position) =>
+            this.stmt.insertRecipient.run(id, position, recipient),
+          );
+          if (read.content) this.stmt.insertBody.run(id, read.content);
+          return {
+            value: undefined,
+            onCommit: () => {
+              this.pendingMessages += 1;
+              this.pendingRecipients += recipients.length;
+            },
+          };
+        },
+        {
+          syncBodiesDir: inFile,
+          onAbort: inFile ? () => removeQuietly(bodyFile) : undefined,
+        },
+      );
+    } catch (err) {
+      spoolWriteErrors.inc({ stage: 'commit' });
+      this.logger.warn({ queueId: id, err }, 'message not committed to spool');
+      throw err instanceof SpoolWriteError ? err : new SpoolWriteError('message could not be committed', err);
+    }
+    return id;
+  }
+
+  /**
+   * Consume the body. Small bodies stay in memory; once the size passes the inline limit, what was
+   * read so far and everything after it is appended to `<id>.tmp`, which is fsynced and renamed to
+   * `<id>.eml`. On a write error the rest of the stream is still drained (so the SMTP session can
+   * finish DATA and get its reply) and every file is removed.
+   */
+  private async readBody(id: MessageId, body: Readable): Promise<ReadBody> {
+    const tmpFile = path.join(this.bodiesDir, `${id}.tmp`);
+    const emlFile = path.join(this.bodiesDir, `${id}.eml`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let file: fsp.FileHandle | undefined;
+    let writeError: unknown;
+    try {
+      for await (const chunk of body) {
+        const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
+        size += buffer.length;
+        if (writeError !== undefined) continue; // drain
+        try {
+          if (file) {
+            await writeAll(file, buffer);
+          } else {
+            chunks.push(buffer);
+            if (size > this.inlineMax) {
+              file = await fsp.open(tmpFile, 'wx');
+              for (const part of chunks.splice(0)) await writeAll(file, part);
+            }
+          }
+        } catch (err) {
+          writeError = err;
+          chunks.length = 0;
+        }
+      }
+      if (writeError !== undefined) throw writeError;
+      if (!file) return { size, content: Buffer.concat(chunks, size) };
+      await file.sync();
+      await file.close();
+      file = undefined;
+      await fsp.rename(tmpFile, emlFile);
+      return { size };
+    } catch (err) {
+      chunks.length = 0;
+      if (file) await file.close().catch(() => undefined);
+      await removeQuietly(tmpFile);
+      await removeQuietly(emlFile);
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- delivery side
+
+  lease(max: number, now: number = Date.now()): QueuedMessage[] {
+    this.assertOpen();
+    const leased: QueuedMessage[] = [];
+    if (max <= 0) return leased;
+    for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
+      if (this.leases.has(row.id)) continue;
+      const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
+      if (recipients.length === 0) continue; // cannot happen: pending rows have pending recipients
+      leased.push({
+        id: row.id,
+        envelope: { mailFrom: row.mail_from, recipients },
+        reception: parseReception(row),
+        size: row.size,
+        attempts: row.attempts,
+        dueAt: row.due_at,
+      });
+      if (leased.length >= max) break;
+    }
+    for (const message of leased) this.leases.add(message.id);
+    return leased;
+  }
+
+  nextDueAt(): number | undefined {
+    this.assertOpen();
+    for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
+      if (!this.leases.has(row.id)) return row.due_at;
+    }
+    return undefined;
+  }
+
+  openBody(id: MessageId): Readable {
+    this.assertOpen();
+    const row = this.stmt.bodyInfo.get(id) as { body_in_file: number } | undefined;
+    if (!row) throw new Error(`spool has no message ${id}`);
+    if (row.body_in_file) return fs.createReadStream(path.join(this.bodiesDir, `${id}.eml`));
+    const data = this.stmt.body.pluck().get(id) as Buffer | undefined;
+    if (!data) throw new Error(`spool has no body for message ${id}`);
+    return Readable.from([data], { objectMode: false });
+  }
+
+  async settle(id: MessageId, outcomes: RecipientOutcome[], options: SettleOptions = {}): Promise<MessageState> {
+    const now = Date.now();
+    const anyDeferred = outcomes.some((o) => o.status === 'deferred');
+    if (anyDeferred && options.retryAt === undefined) {
+      this.leases.delete(id);
+      throw new TypeError('settle: retryAt is required when a recipient is deferred');
+    }
+    try {
+      return await this.enqueue<MessageState>(() => this.applySettle(id, outcomes, options, now));
+    } finally {
+      this.leases.delete(id);
+    }
+  }
+
+  private applySettle(
+    id: MessageId,
+    outcomes: RecipientOutcome[],
+    options: SettleOptions,
+    now: number,
+  ): OpResult<MessageState> {
+    const row = this.stmt.message.get(id) as MessageRow | undefined;
+    if (!row) throw new Error(`spool has no message ${id}`);
+    if (row.state !== 'pending') throw new Error(`message ${id} is already finished (${row.state})`);
+    for (const outcome of outcomes) {
+      const reply = outcome.reply ?? null;
+      const code = outcome.code ?? null;
+      if (outcome.status === 'deferred') {
+        this.stmt.noteRecipientReply.run(reply, code, id, outcome.recipient);
+      } else {
+        this.stmt.finishRecipient.run(outcome.status, reply, code, id, outcome.recipient);
+      }
+    }
+    const attempts = row.attempts + (options.countAttempt === false ? 0 : 1);
+    const stillPending = this.stmt.countPendingRecipients.pluck().get(id) as number;
+    const recipientDelta = stillPending - row.pending_recipients;
+
+    if (stillPending > 0) {
+      const anyDeferred = outcomes.some((o) => o.status === 'deferred');
+      const dueAt = options.retryAt ?? now;
+      this.stmt.reschedule.run(dueAt, attempts, stillPending, id);
+      return {
+        value: anyDeferred ? 'deferred' : 'queued',
+        onCommit: () => {
+          this.pendingRecipients += recipientDelta;
+        },
+      };
+    }
+
+    const statuses = this.stmt.recipientStatuses.pluck().all(id) as string[];
+    if (statuses.some((s) => s === 'failed' || s === 'expired')) {
+      this.stmt.markFailed.run(now, attempts, id);
+      return {
+        value: 'failed',
+        onCommit: () => {
+          this.pendingMessages -= 1;
+          this.pendingRecipients += recipientDelta;
+          this.failedMessages += 1;
+        },
+      };
+    }
+    this.deleteMessage(id);
+    return {
+      value: statuses.every((s) => s === 'suppressed') ? 'suppressed' : 'delivered',
+      onCommit: () => {
+        this.pendingMessages -= 1;
+        this.pendingRecipients += recipientDelta;
+        if (row.body_in_file) void removeQuietly(path.join(this.bodiesDir, `${id}.eml`));
+      },
+    };
+  }
+
+  release(id: MessageId, dueAt?: number): void {
+    if (!this.leases.delete(id)) return;
+    if (dueAt === undefined || this.closed) return;
+    // Not worth a durable commit: after a restart everything unfinished is due anyway.
+    try {
+      this.stmt.setDue.run(dueAt, id);
+    } catch (err) {
+      this.logger.warn({ queueId: id, err }, 'could not reschedule released message');
+    }
+  }
+
+  // ---------------------------------------------------------------- inspection
+
+  counts(): SpoolCounts {
+    this.assertOpen();
+    const now = Date.now();
+    const deferred = this.stmt.deferredCount.pluck().get(now) as number;
+    const oldest = this.stmt.oldest.pluck().get() as number | null;
+    return {
+      pending: this.pendingMessages,
+      deferred,
+      leased: this.leases.size,
+      failed: this.failedMessages,
+      pendingRecipients: this.pendingRecipients,
+      oldestReceivedAt: oldest ?? undefined,
+    };
+  }
+
+  listFailed(limit = 100): FailedMessage[] {
+    this.assertOpen();
+    const rows = this.stmt.failed.all(limit) as MessageRow[];
+    return rows.map((row) => {
+      const recipients = this.stmt.recipients.all(row.id) as RecipientRow[];
+      return {
+        id: row.id,
+        envelope: { mailFrom: row.mail_from, recipients: recipients.map((r) => r.recipient) },
+        reception: parseReception(row),
+        outcomes: recipients.map((r) => {
+          const outcome: RecipientOutcome = {
+            recipient: r.recipient,
+            status: r.status === 'pending' ? 'deferred' : r.status,
+          };
+          if (r.reply !== null) outcome.reply = r.reply;
+          if (r.code !== null) outcome.code = r.code;
+          return outcome;
+        }),
+        finishedAt: row.finished_at ?? 0,
+      };
+    });
+  }
+
+  /** Group-commit statistics since open. */
+  commitStats(): CommitStats {
+    return { ...this.stats };
+  }
+
+  async isWritable(): Promise<boolean> {
+    if (this.closed) return false;
+    const probe = path.join(this.dir, `.probe-${process.pid}-${Date.now().toString(36)}`);
+    let file: fsp.FileHandle | undefined;
+    try {
+      file = await fsp.open(probe, 'w');
+      await writeAll(file, Buffer.from('probe\n'));
+      await file.sync();
+      return true;
+    } catch (err) {
+      this.logger.warn({ err }, 'spool directory is not writable');
+      return false;
+    } finally {
+      if (file) await file.close().catch(() => undefined);
+      await removeQuietly(probe);
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.closed = true;
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    await Promise.allSettled([...this.storesInFlight]);
+    await this.whenIdle();
+    this.leases.clear();
+    this.db.close();
+  }
+
+  // ---------------------------------------------------------------- maintenance
+
+  /** Remove failed messages older than the retention time. */
+  async prune(now: number = Date.now()): Promise<number> {
+    const cutoff = now - this.failedRetentionMs;
+    let removed = 0;
+    for (;;) {
+      const count = await this.enqueue<number>(() => {
+        const victims = this.stmt.expiredFailed.all(cutoff, PRUNE_CHUNK) as Array<{
+          id: string;
+          body_in_file: number;
+        }>;
+        for (const victim of victims) this.deleteMessage(victim.id);
+        return {
+          value: victims.length,
+          onCommit: () => {
+            this.failedMessages -= victims.length;
+            for (const victim of victims) {
+              if (victim.body_in_file) void removeQuietly(path.join(this.bodiesDir, `${victim.id}.eml`));
+            }
+          },
+        };
+      });
+      removed += count;
+      if (count < PRUNE_CHUNK) break;
+    }
+    if (removed > 0) this.logger.info({ removed }, 'pruned failed messages past retention');
+    return removed;
+  }
+
+  private deleteMessage(id: MessageId): void {
+    this.stmt.deleteRecipients.run(id);
+    this.stmt.deleteBody.run(id);
+    this.stmt.deleteMessage.run(id);
+  }
+
+  private loadCounters(): void {
+    const pending = this.db
+      .prepare(
+        `SELECT count(*) AS messages, coalesce(sum(pending_recipients), 0) AS recipients
+           FROM messages WHERE state = 'pending'`,
+      )
+      .get() as { messages: number; recipients: number };
+    this.pendingMessages = pending.messages;
+    this.pendingRecipients = pending.recipients;
+    this.failedMessages = this.db
+      .prepare(`SELECT count(*) FROM messages WHERE state = 'failed'`)
+      .pluck()
+      .get() as number;
+  }
+
+  /** Remove `.tmp` leftovers and `.eml` files whose row never committed (crash before COMMIT). */
+  private async removeOrphanBodies(): Promise<void> {
+    const names = await fsp.readdir(this.bodiesDir);
+    let removed = 0;
+    for (const name of names) {
+      const full = path.join(this.bodiesDir, name);
+      const match = /^(.*)\.(tmp|eml)$/.exec(name);
+      if (!match) continue;
+      const [, id, ext] = match;
+      if (ext === 'eml' && isQueueId(id) && this.stmt.bodyInfo.get(id)) continue;
+      await removeQuietly(full);
+      removed += 1;
+    }
+    if (removed > 0) {
+      await fsyncDir(this.bodiesDir);
+      this.logger.warn({ removed }, 'removed orphan body files left by an interrupted store');
+    }
+  }
+
+  // ---------------------------------------------------------------- group commit
+
+  private enqueue<T>(
+    apply: () => OpResult<T>,
+    extra: { syncBodiesDir?: boolean; onAbort?: () => Promise<void> | void } = {},
+  ): Promise<T> {
+    if (this.db.open === false) return Promise.reject(new SpoolWriteError('spool is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({
+        apply,
+        syncBodiesDir: extra.syncBodiesDir ?? false,
+        onAbort: extra.onAbort,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
+      this.scheduleFlush();
+    });
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushing || this.flushScheduled) return;
+    this.flushScheduled = true;
+    // setImmediate lets every store that finished reading in this turn of the loop join the batch.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      void this.flushLoop();
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, MAX_BATCH);
+        await this.commitBatch(batch);
+      }
+    } finally {
+      this.flushing = false;
+      if (this.queue.length > 0) this.scheduleFlush();
+      else for (const wake of this.idleWaiters.splice(0)) wake();
+    }
+  }
+
+  private whenIdle(): Promise<void> {
+    if (!this.flushing && !this.flushScheduled && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private async commitBatch(batch: WriteOp[]): Promise<void> {
+    const started = performance.now();
+    let ops = batch;
+    if (ops.some((op) => op.syncBodiesDir)) {
+      try {
+        await fsyncDir(this.bodiesDir, true);
+      } catch (err) {
+        const failing = ops.filter((op) => op.syncBodiesDir);
+        ops = ops.filter((op) => !op.syncBodiesDir);
+        await this.abort(failing, new SpoolWriteError('could not fsync the spool body directory', err));
+      }
+    }
+    if (ops.length === 0) return;
+    if (!this.db.open) {
+      await this.abort(ops, new SpoolWriteError('spool is closed'));
+      return;
+    }
+    const results: Array<{ ok: true; result: OpResult<unknown> } | { ok: false; error: unknown }> = [];
+    try {
+      this.db
+        .transaction(() => {
+          for (const op of ops) {
+            try {
+              results.push({ ok: true, result: this.inSavepoint(op.apply) });
+            } catch (error) {
+              results.push({ ok: false, error });
+            }
+          }
+        })
+        .immediate();
+    } catch (err) {
+      this.logger.error({ err, batch: ops.length }, 'spool commit failed');
+      await this.abort(ops, new SpoolWriteError('spool commit failed', err));
+      return;
+    }
+    this.stats.commits += 1;
+    this.stats.operations += ops.length;
+    this.stats.maxBatch = Math.max(this.stats.maxBatch, ops.length);
+    spoolCommitBatchSize.observe(ops.length);
+    spoolCommitSeconds.observe((performance.now() - started) / 1000);
+    const aborted: Array<{ op: WriteOp; error: unknown }> = [];
+    ops.forEach((op, i) => {
+      const outcome = results[i];
+      if (outcome.ok) {
+        try {
+          outcome.result.onCommit?.();
+        } catch (err) {
+          this.logger.error({ err }, 'spool bookkeeping after commit failed');
+        }
+        op.resolve(outcome.result.value);
+      } else {
+        aborted.push({ op, error: outcome.error });
+      }
+    });
+    for (const { op, error } of aborted) {
+      await this.abort([op], error);
+    }
+  }
+
+  private async abort(ops: WriteOp[], error: unknown): Promise<void> {
+    for (const op of ops) {
+      try {
+        await op.onAbort?.();
+      } catch {
+        // best effort: open() removes orphan body files anyway
+      }
+      op.reject(error);
+    }
+  }
+
+  private assertOpen(): void {
+    if (!this.db.open) throw new Error('spool is closed');
+  }
+}
+
+function prepareStatements(db: Database.Database) {
+  return {
+    insertMessage: db.prepare(
+      `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at,
+                             attempts, pending_recipients)
+       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?)`,
+    ),
+    insertRecipient: db.prepare(
+      `INSERT INTO recipients (message_id, position, recipient, status) VALUES (?, ?, ?, 'pending')`,
+    ),
+    insertBody: db.prepare(`INSERT INTO bodies (id, data) VALUES (?, ?)`),
+    message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
+    bodyInfo: db.prepare(`SELECT body_in_file FROM messages WHERE id = ?`),
+    body: db.prepare(`SELECT data FROM bodies WHERE id = ?`),
+    due: db.prepare(LEASE_SQL),
+    nextDue: db.prepare(NEXT_DUE_SQL),
+    deferredCount: db.prepare(DEFERRED_COUNT_SQL),
+    oldest: db.prepare(OLDEST_SQL),
+    pendingRecipients: db.prepare(
+      `SELECT recipient FROM recipients WHERE message_id = ? AND status = 'pending' ORDER BY position`,
+    ),
+    recipients: db.prepare(
+      `SELECT recipient, status, reply, code FROM recipients WHERE message_id = ? ORDER BY position`,
+    ),
+    recipientStatuses: db.prepare(`SELECT status FROM recipients WHERE message_id = ?`),
+    countPendingRecipients: db.prepare(
+      `SELECT count(*) FROM recipients WHERE message_id = ? AND status = 'pending'`,
+    ),
+    noteRecipientReply: db.prepare(
+      `UPDATE recipients SET reply = ?, code = ?
+        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
+    ),
+    finishRecipient: db.prepare(
+      `UPDATE recipients SET status = ?, reply = ?, code = ?
+        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
+    ),
+    reschedule: db.prepare(
+      `UPDATE messages SET due_at = ?, attempts = ?, pending_recipients = ? WHERE id = ?`,
+    ),
+    setDue: db.prepare(`UPDATE messages SET due_at = ? WHERE id = ? AND state = 'pending'`),
+    markFailed: db.prepare(
+      `UPDATE messages SET state = 'failed', finished_at = ?, attempts = ?, pending_recipients = 0
+        WHERE id = ?`,
+    ),
+    failed: db.prepare(
+      `SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`,
+    ),
+    expiredFailed: db.prepare(
+      `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
+    ),
+    deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
+    deleteBody: db.prepare(`DELETE FROM bodies WHERE id = ?`),
+    deleteMessage: db.prepare(`DELETE FROM messages WHERE id = ?`),
+  };
+}
+
+function parseReception(row: Pick<MessageRow, 'reception' | 'received_at'>): Reception {
+  const stored = JSON.parse(row.reception) as Omit<Reception, 'receivedAt'>;
+  const reception: Reception = { clientAddress: stored.clientAddress, receivedAt: row.received_at };
+  if (stored.heloName !== undefined) reception.heloName = stored.heloName;
+  if (stored.authUser !== undefined) reception.authUser = stored.authUser;
+  return reception;
+}
+
+async function writeAll(file: fsp.FileHandle, buffer: Buffer): Promise<void> {
+  let offset = 0;
+  while (offset < buffer.length) {
+    const { bytesWritten } = await file.write(buffer, offset, buffer.length - offset);
+    offset += bytesWritten;
+  }
+}
+
+/** fsync a directory so that file creations, renames and removals in it are durable. */
+async function fsyncDir(dir: string, strict = false): Promise<void> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(dir, 'r');
+    await handle.sync();
+  } catch (err) {
+    if (strict) throw err;
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
+}
+
+async function removeQuietly(file: string): Promise<void> {
+  await fsp.rm(file, { force: true }).catch(() => undefined);
+}
