@@ -1,0 +1,261 @@
+/**
+ * SES over SMTP: a nodemailer connection pool (STARTTLS required on 587, implicit TLS on 465, certificate
+ * verification on, AUTH with the SES SMTP credentials). Each `send` is one SMTP transaction with an
+ * explicit envelope and the spooled body passed as `raw`, so headers go out exactly as accepted;
+ * nodemailer's DataStream dot-stuffs and turns bare CR / LF into CRLF (no SMTP smuggling upstream).
+ *
+ * Connections are recycled: nodemailer's pool closes a connection after `maxMessages`, and as it has no
+ * age limit the whole pool is replaced once it is older than `maxConnectionAgeMs` (the old one finishes
+ * its in-flight transactions, then closes). nodemailer's own requeue-on-close is disabled: a message is
+ * never silently resent outside the rate limiter; the dispatcher decides about retries.
+ *
+ * Every outcome is classified per recipient; `send` never throws for an SMTP or network outcome.
+ */
+import nodemailer, { type Transporter } from 'nodemailer';
+import type SMTPPool from 'nodemailer/lib/smtp-pool';
+import type { Logger } from '../observability/logger';
+import type { ReplyClass } from '../types';
+import type { RecipientResult, Transaction, Transport } from './transport';
+
+export interface SesSmtpTransportOptions {
+  host: string;
+  port: number;
+  /** Implicit TLS (465); otherwise STARTTLS is required. */
+  secure: boolean;
+  username: string;
+  password: string;
+  poolSize: number;
+  maxMessagesPerConnection: number;
+  maxConnectionAgeMs: number;
+  connectionTimeoutMs: number;
+  /** Idle-socket timeout during a transaction (default max(connectionTimeoutMs, 60 s)). */
+  socketTimeoutMs?: number;
+  /** Extra trusted CA for tests (production uses NODE_EXTRA_CA_CERTS). */
+  tls?: { ca?: Buffer };
+  logger: Logger;
+}
+
+interface SmtpError extends Error {
+  code?: string;
+  responseCode?: number;
+  response?: string;
+  rejected?: string[];
+  rejectedErrors?: SmtpError[];
+  recipient?: string;
+}
+
+interface SendInfo {
+  accepted?: Array<string | { address: string }>;
+  rejected?: Array<string | { address: string }>;
+  rejectedErrors?: SmtpError[];
+  response?: string;
+}
+
+type PoolTransporter = Transporter<SMTPPool.SentMessageInfo>;
+
+interface PoolGeneration {
+  transporter: PoolTransporter;
+  createdAt: number;
+  inFlight: number;
+  retired: boolean;
+}
+
+const AUTH_CODES = new Set([530, 534, 535, 538]);
+
+/** Class of an SMTP reply code from SES. */
+export function classifyCode(code: number, text: string): ReplyClass {
+  if (code >= 200 && code < 300) return 'delivered';
+  if (code === 454 && (/throttl/i.test(text) || !/auth/i.test(text))) return 'throttled';
+  if (AUTH_CODES.has(code)) return 'transient'; // our configuration, never the message's fault
+  if (code >= 400 && code < 500) return 'transient';
+  if (code >= 500) return 'permanent';
+  return 'transient';
+}
+
+const addressOf = (a: string | { address: string }) => (typeof a === 'string' ? a : a.address);
+const codeOf = (text: string | undefined, fallback: number) => {
+  const m = /^(\d{3})[ -]/.exec(text ?? '');
+  return m ? Number(m[1]) : fallback;
+};
+
+export class SesSmtpTransport implements Transport {
+  readonly name: string;
+  private readonly options: SesSmtpTransportOptions;
+  private readonly logger: Logger;
+  private current: PoolGeneration | undefined;
+  private readonly retiring = new Set<PoolGeneration>();
+  private lastNetworkFailure = false;
+  private closed = false;
+  private generations = 0;
+
+  constructor(options: SesSmtpTransportOptions) {
+    this.options = options;
+    this.logger = options.logger;
+    this.name = `${options.host}:${options.port}`;
+  }
+
+  /** How many pools were created so far (1 + recycles by age), for tests and logs. */
+  get poolGenerations(): number {
+    return this.generations;
+  }
+
+  private createPool(): PoolGeneration {
+    const o = this.options;
+    const transporter = nodemailer.createTransport({
+      pool: true,
+      host: o.host,
+      port: o.port,
+      secure: o.secure,
+      requireTLS: !o.secure,
+      auth: { user: o.username, pass: o.password },
+      maxConnections: o.poolSize,
+      maxMessages: o.maxMessagesPerConnection,
+      maxRequeues: 0,
+      connectionTimeout: o.connectionTimeoutMs,
+      greetingTimeout: o.connectionTimeoutMs,
+      socketTimeout: o.socketTimeoutMs ?? Math.max(o.connectionTimeoutMs, 60_000),
+      tls: {
+        rejectUnauthorized: true,
+        minVersion: 'TLSv1.2',
+        servername: o.host,
+        ...(o.tls?.ca ? { ca: o.tls.ca } : {}),
+      },
+      logger: false,
+      debug: false,
+    } as SMTPPool.Options);
+    this.generations++;
+    return { transporter, createdAt: Date.now(), inFlight: 0, retired: false };
+  }
+
+  /** The pool to use now; replaces it when older than maxConnectionAgeMs. */
+  private pool(): PoolGeneration {
+    const now = Date.now();
+    if (this.current && now - this.current.createdAt >= this.options.maxConnectionAgeMs) {
+      const old = this.current;
+      old.retired = true;
+      this.retiring.add(old);
+      this.current = undefined;
+      this.maybeCloseRetired(old);
+      this.logger.debug(
+        { event: 'transport:recycle', target: this.name },
+        'recycling SES connection pool by age',
+      );
+    }
+    if (!this.current) this.current = this.createPool();
+    return this.current;
+  }
+
+  private maybeCloseRetired(gen: PoolGeneration): void {
+    if (gen.retired && gen.inFlight === 0) {
+      this.retiring.delete(gen);
+      gen.transporter.close();
+    }
+  }
+
+  async send(tx: Transaction): Promise<RecipientResult[]> {
+    if (this.closed) return this.all(tx, 'transient', 0, 'transport closed');
+    const gen = this.pool();
+    gen.inFlight++;
+    let bodyError: Error | undefined;
+    const body = tx.body();
+    body.once('error', (err) => (bodyError = err));
+    try {
+      const info = (await gen.transporter.sendMail({
+        envelope: { from: tx.mailFrom, to: tx.recipients },
+        raw: body,
+      })) as SendInfo;
+      this.lastNetworkFailure = false;
+      return this.fromInfo(tx, info);
+    } catch (e) {
+      const err = e as SmtpError;
+      if (bodyError) {
+        this.logger.error({ err: bodyError, queueId: tx.id }, 'cannot read the spooled body');
+        return this.all(tx, 'transient', 0, `spooled body unreadable: ${bodyError.message}`);
+      }
+      return this.fromError(tx, err);
+    } finally {
+      body.destroy();
+      gen.inFlight--;
+      this.maybeCloseRetired(gen);
+    }
+  }
+
+  private all(tx: Transaction, cls: ReplyClass, code: number, reply: string): RecipientResult[] {
+    return tx.recipients.map((recipient) => ({ recipient, class: cls, code, reply }));
+  }
+
+  private fromInfo(tx: Transaction, info: SendInfo): RecipientResult[] {
+    const accepted = new Set((info.accepted ?? []).map((a) => addressOf(a).toLowerCase()));
+    const rejected = new Map<string, SmtpError>();
+    for (const r of info.rejectedErrors ?? []) if (r.recipient) rejected.set(r.recipient.toLowerCase(), r);
+    const response = info.response ?? '250 Ok';
+    const okCode = codeOf(response, 250);
+    return tx.recipients.map((recipient) => {
+      const key = recipient.toLowerCase();
+      const rej = rejected.get(key);
+      if (rej) return this.perRecipient(recipient, rej);
+      if (accepted.has(key)) return { recipient, class: 'delivered' as const, code: okCode, reply: response };
+      // Neither listed (should not happen): nodemailer only reports accepted ones on success.
+      const listedRejected = (info.rejected ?? []).some((a) => addressOf(a).toLowerCase() === key);
+      return listedRejected
+        ? { recipient, class: 'permanent' as const, code: 550, reply: 'rejected by upstream' }
+        : { recipient, class: 'delivered' as const, code: okCode, reply: response };
+    });
+  }
+
+  private perRecipient(recipient: string, err: SmtpError): RecipientResult {
+    const code = err.responseCode ?? 0;
+    const reply = err.response ?? err.message;
+    return { recipient, class: code ? classifyCode(code, reply) : 'transient', code, reply };
+  }
+
+  private fromError(tx: Transaction, err: SmtpError): RecipientResult[] {
+    const code = err.responseCode ?? 0;
+    const reply = err.response ?? err.message ?? String(err);
+    if (!code) {
+      this.lastNetworkFailure = true;
+      this.logger.warn(
+        {
+          event: 'transport:network-error',
+          target: this.name,
+          code: err.code,
+          err: err.message,
+          queueId: tx.id,
+        },
+        'SES connection failed',
+      );
+      return this.all(tx, 'transient', 0, `${err.code ?? 'ERROR'}: ${err.message}`);
+    }
+    this.lastNetworkFailure = false;
+    if (err.code === 'EAUTH' || AUTH_CODES.has(code)) {
+      this.logger.error(
+        { event: 'transport:auth-failed', target: this.name, code, reply, queueId: tx.id },
+        'SES refused our SMTP credentials: check AWS_SMTP_USERNAME / AWS_SMTP_PASSWORD; mail stays queued',
+      );
+      return this.all(tx, 'transient', code, reply);
+    }
+    // All recipients refused at RCPT: per-recipient replies.
+    if (err.rejectedErrors?.length) {
+      const byRcpt = new Map(err.rejectedErrors.map((r) => [(r.recipient ?? '').toLowerCase(), r]));
+      return tx.recipients.map((recipient) => {
+        const r = byRcpt.get(recipient.toLowerCase());
+        return r
+          ? this.perRecipient(recipient, r)
+          : { recipient, class: classifyCode(code, reply), code, reply };
+      });
+    }
+    return this.all(tx, classifyCode(code, reply), code, reply);
+  }
+
+  healthy(): boolean {
+    return !this.closed && !this.lastNetworkFailure;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const gens = [...this.retiring, ...(this.current ? [this.current] : [])];
+    this.current = undefined;
+    this.retiring.clear();
+    for (const g of gens) g.transporter.close();
+  }
+}
