@@ -23,14 +23,23 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import type { Logger } from '../observability/logger';
 import { silentLogger } from '../observability/logger';
 import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
+import { bodyFilePath, fsyncDir, readBody, removeQuietly, writeAll, type ReadBody } from './body-files';
+import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
 import { isQueueId, newQueueId } from './queue-id';
-import { spoolCommitBatchSize, spoolCommitSeconds, spoolWriteErrors } from './spool-metrics';
+import {
+  SCHEMA,
+  parseReception,
+  prepareStatements,
+  type MessageRow,
+  type RecipientRow,
+  type SpoolStatements,
+} from './spool-schema';
+import { spoolWriteErrors } from './spool-metrics';
 import {
   SpoolWriteError,
   type FailedMessage,
@@ -50,126 +59,27 @@ export interface SqliteSpoolOptions {
   inlineBodyMaxBytes?: number;
 }
 
-/** Group-commit statistics (for tests and benches). */
-export interface CommitStats {
-  /** Transactions committed. */
-  commits: number;
-  /** Operations (stores, settles, prunes) in those transactions. */
-  operations: number;
-  /** Largest batch so far. */
-  maxBatch: number;
-}
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS messages (
-  id TEXT PRIMARY KEY,
-  mail_from TEXT NOT NULL,
-  reception TEXT NOT NULL,
-  received_at INTEGER NOT NULL,
-  size INTEGER NOT NULL,
-  body_in_file INTEGER NOT NULL,
-  state TEXT NOT NULL CHECK (state IN ('pending', 'failed')),
-  due_at INTEGER NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  pending_recipients INTEGER NOT NULL,
-  finished_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (due_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE state = 'failed';
-CREATE TABLE IF NOT EXISTS recipients (
-  message_id TEXT NOT NULL,
-  position INTEGER NOT NULL,
-  recipient TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'suppressed', 'expired')),
-  reply TEXT,
-  code INTEGER,
-  PRIMARY KEY (message_id, position)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bodies (
-  id TEXT PRIMARY KEY,
-  data BLOB NOT NULL
-);
-`;
-
-/** Due, pending messages in due order (uses the partial index `messages_due`). */
-export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at
-  FROM messages WHERE state = 'pending' AND due_at <= ? ORDER BY due_at`;
-/** Pending messages in due order, for nextDueAt (same index). */
-export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE state = 'pending' ORDER BY due_at`;
-/** Pending messages waiting for a future retry time (range scan of `messages_due`). */
-export const DEFERRED_COUNT_SQL = `SELECT count(*) FROM messages WHERE state = 'pending' AND due_at > ?`;
-/** Oldest pending message (min of the partial index `messages_received`). */
-export const OLDEST_SQL = `SELECT min(received_at) FROM messages WHERE state = 'pending'`;
+export type { CommitStats } from './group-commit';
+export { DEFERRED_COUNT_SQL, LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL } from './spool-schema';
 
 const DEFAULT_INLINE_MAX = 256 * 1024;
 const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
 const PRUNE_INTERVAL = 3600_000;
 const PRUNE_CHUNK = 1000;
-/** Upper bound on operations per transaction, to keep one commit short. */
-const MAX_BATCH = 2000;
-
-interface MessageRow {
-  id: string;
-  mail_from: string;
-  reception: string;
-  received_at: number;
-  size: number;
-  body_in_file: number;
-  state: 'pending' | 'failed';
-  due_at: number;
-  attempts: number;
-  pending_recipients: number;
-  finished_at: number | null;
-}
-
-interface RecipientRow {
-  recipient: string;
-  status: 'pending' | RecipientOutcome['status'];
-  reply: string | null;
-  code: number | null;
-}
-
-/** What an operation did inside the transaction; `onCommit` runs only once it is durable. */
-interface OpResult<T> {
-  value: T;
-  onCommit?: () => void;
-}
-
-interface WriteOp {
-  apply: () => OpResult<unknown>;
-  /** The batch must fsync the bodies directory before committing (a new body file). */
-  syncBodiesDir: boolean;
-  /** Undo side effects outside the database when the op did not commit. */
-  onAbort?: () => Promise<void> | void;
-  resolve: (value: unknown) => void;
-  reject: (error: unknown) => void;
-}
-
-interface ReadBody {
-  size: number;
-  /** Inline content, or undefined when the body is in `bodies/<id>.eml`. */
-  content?: Buffer;
-}
 
 export class SqliteSpool implements Spool {
   private readonly leases = new Set<MessageId>();
-  private queue: WriteOp[] = [];
-  private flushScheduled = false;
-  private flushing = false;
-  private idleWaiters: Array<() => void> = [];
   private readonly storesInFlight = new Set<Promise<unknown>>();
   private closed = false;
   private closing?: Promise<void>;
   private pruneTimer?: NodeJS.Timeout;
-  private readonly stats: CommitStats = { commits: 0, operations: 0, maxBatch: 0 };
   /** Messages with pending recipients, their pending recipients, and failed messages kept. */
   private pendingMessages = 0;
   private pendingRecipients = 0;
   private failedMessages = 0;
 
-  private readonly stmt: ReturnType<typeof prepareStatements>;
-  private readonly inSavepoint: (fn: () => OpResult<unknown>) => OpResult<unknown>;
+  private readonly stmt: SpoolStatements;
+  private readonly committer: GroupCommitter;
   private readonly bodiesDir: string;
 
   private constructor(
@@ -181,7 +91,7 @@ export class SqliteSpool implements Spool {
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
     this.stmt = prepareStatements(db);
-    this.inSavepoint = db.transaction((fn: () => OpResult<unknown>) => fn());
+    this.committer = new GroupCommitter(db, this.bodiesDir, logger);
   }
 
   static async open(options: {
@@ -263,10 +173,10 @@ export class SqliteSpool implements Spool {
       throw new TypeError('an envelope needs at least one recipient');
     }
     const id = newQueueId();
-    const bodyFile = path.join(this.bodiesDir, `${id}.eml`);
+    const bodyFile = bodyFilePath(this.bodiesDir, id);
     let read: ReadBody;
     try {
-      read = await this.readBody(id, body);
+      read = await readBody(body, { id, bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
     } catch (err) {
       spoolWriteErrors.inc({ stage: 'body' });
       this.logger.warn({ queueId: id, err }, 'message body not stored');
@@ -281,7 +191,7 @@ export class SqliteSpool implements Spool {
     });
     const recipients = [...envelope.recipients];
     try {
-      await this.enqueue<void>(
+      await this.committer.run<void>(
         () => {
           this.stmt.insertMessage.run(
             id,
@@ -316,55 +226,6 @@ export class SqliteSpool implements Spool {
       throw err instanceof SpoolWriteError ? err : new SpoolWriteError('message could not be committed', err);
     }
     return id;
-  }
-
-  /**
-   * Consume the body. Small bodies stay in memory; once the size passes the inline limit, what was
-   * read so far and everything after it is appended to `<id>.tmp`, which is fsynced and renamed to
-   * `<id>.eml`. On a write error the rest of the stream is still drained (so the SMTP session can
-   * finish DATA and get its reply) and every file is removed.
-   */
-  private async readBody(id: MessageId, body: Readable): Promise<ReadBody> {
-    const tmpFile = path.join(this.bodiesDir, `${id}.tmp`);
-    const emlFile = path.join(this.bodiesDir, `${id}.eml`);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let file: fsp.FileHandle | undefined;
-    let writeError: unknown;
-    try {
-      for await (const chunk of body) {
-        const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
-        size += buffer.length;
-        if (writeError !== undefined) continue; // drain
-        try {
-          if (file) {
-            await writeAll(file, buffer);
-          } else {
-            chunks.push(buffer);
-            if (size > this.inlineMax) {
-              file = await fsp.open(tmpFile, 'wx');
-              for (const part of chunks.splice(0)) await writeAll(file, part);
-            }
-          }
-        } catch (err) {
-          writeError = err;
-          chunks.length = 0;
-        }
-      }
-      if (writeError !== undefined) throw writeError;
-      if (!file) return { size, content: Buffer.concat(chunks, size) };
-      await file.sync();
-      await file.close();
-      file = undefined;
-      await fsp.rename(tmpFile, emlFile);
-      return { size };
-    } catch (err) {
-      chunks.length = 0;
-      if (file) await file.close().catch(() => undefined);
-      await removeQuietly(tmpFile);
-      await removeQuietly(emlFile);
-      throw err;
-    }
   }
 
   // ---------------------------------------------------------------- delivery side
@@ -403,7 +264,7 @@ export class SqliteSpool implements Spool {
     this.assertOpen();
     const row = this.stmt.bodyInfo.get(id) as { body_in_file: number } | undefined;
     if (!row) throw new Error(`spool has no message ${id}`);
-    if (row.body_in_file) return fs.createReadStream(path.join(this.bodiesDir, `${id}.eml`));
+    if (row.body_in_file) return fs.createReadStream(bodyFilePath(this.bodiesDir, id));
     const data = this.stmt.body.pluck().get(id) as Buffer | undefined;
     if (!data) throw new Error(`spool has no body for message ${id}`);
     return Readable.from([data], { objectMode: false });
@@ -417,7 +278,7 @@ export class SqliteSpool implements Spool {
       throw new TypeError('settle: retryAt is required when a recipient is deferred');
     }
     try {
-      return await this.enqueue<MessageState>(() => this.applySettle(id, outcomes, options, now));
+      return await this.committer.run<MessageState>(() => this.applySettle(id, outcomes, options, now));
     } finally {
       this.leases.delete(id);
     }
@@ -475,7 +336,7 @@ export class SqliteSpool implements Spool {
       onCommit: () => {
         this.pendingMessages -= 1;
         this.pendingRecipients += recipientDelta;
-        if (row.body_in_file) void removeQuietly(path.join(this.bodiesDir, `${id}.eml`));
+        if (row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
       },
     };
   }
@@ -533,7 +394,7 @@ export class SqliteSpool implements Spool {
 
   /** Group-commit statistics since open. */
   commitStats(): CommitStats {
-    return { ...this.stats };
+    return this.committer.stats();
   }
 
   async isWritable(): Promise<boolean> {
@@ -563,7 +424,7 @@ export class SqliteSpool implements Spool {
     this.closed = true;
     if (this.pruneTimer) clearInterval(this.pruneTimer);
     await Promise.allSettled([...this.storesInFlight]);
-    await this.whenIdle();
+    await this.committer.whenIdle();
     this.leases.clear();
     this.db.close();
   }
@@ -575,7 +436,7 @@ export class SqliteSpool implements Spool {
     const cutoff = now - this.failedRetentionMs;
     let removed = 0;
     for (;;) {
-      const count = await this.enqueue<number>(() => {
+      const count = await this.committer.run<number>(() => {
         const victims = this.stmt.expiredFailed.all(cutoff, PRUNE_CHUNK) as Array<{
           id: string;
           body_in_file: number;
@@ -586,7 +447,7 @@ export class SqliteSpool implements Spool {
           onCommit: () => {
             this.failedMessages -= victims.length;
             for (const victim of victims) {
-              if (victim.body_in_file) void removeQuietly(path.join(this.bodiesDir, `${victim.id}.eml`));
+              if (victim.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, victim.id));
             }
           },
         };
@@ -638,215 +499,7 @@ export class SqliteSpool implements Spool {
     }
   }
 
-  // ---------------------------------------------------------------- group commit
-
-  private enqueue<T>(
-    apply: () => OpResult<T>,
-    extra: { syncBodiesDir?: boolean; onAbort?: () => Promise<void> | void } = {},
-  ): Promise<T> {
-    if (this.db.open === false) return Promise.reject(new SpoolWriteError('spool is closed'));
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push({
-        apply,
-        syncBodiesDir: extra.syncBodiesDir ?? false,
-        onAbort: extra.onAbort,
-        resolve: resolve as (value: unknown) => void,
-        reject,
-      });
-      this.scheduleFlush();
-    });
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushing || this.flushScheduled) return;
-    this.flushScheduled = true;
-    // setImmediate lets every store that finished reading in this turn of the loop join the batch.
-    setImmediate(() => {
-      this.flushScheduled = false;
-      void this.flushLoop();
-    });
-  }
-
-  private async flushLoop(): Promise<void> {
-    if (this.flushing) return;
-    this.flushing = true;
-    try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, MAX_BATCH);
-        await this.commitBatch(batch);
-      }
-    } finally {
-      this.flushing = false;
-      if (this.queue.length > 0) this.scheduleFlush();
-      else for (const wake of this.idleWaiters.splice(0)) wake();
-    }
-  }
-
-  private whenIdle(): Promise<void> {
-    if (!this.flushing && !this.flushScheduled && this.queue.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  private async commitBatch(batch: WriteOp[]): Promise<void> {
-    const started = performance.now();
-    let ops = batch;
-    if (ops.some((op) => op.syncBodiesDir)) {
-      try {
-        await fsyncDir(this.bodiesDir, true);
-      } catch (err) {
-        const failing = ops.filter((op) => op.syncBodiesDir);
-        ops = ops.filter((op) => !op.syncBodiesDir);
-        await this.abort(failing, new SpoolWriteError('could not fsync the spool body directory', err));
-      }
-    }
-    if (ops.length === 0) return;
-    if (!this.db.open) {
-      await this.abort(ops, new SpoolWriteError('spool is closed'));
-      return;
-    }
-    const results: Array<{ ok: true; result: OpResult<unknown> } | { ok: false; error: unknown }> = [];
-    try {
-      this.db
-        .transaction(() => {
-          for (const op of ops) {
-            try {
-              results.push({ ok: true, result: this.inSavepoint(op.apply) });
-            } catch (error) {
-              results.push({ ok: false, error });
-            }
-          }
-        })
-        .immediate();
-    } catch (err) {
-      this.logger.error({ err, batch: ops.length }, 'spool commit failed');
-      await this.abort(ops, new SpoolWriteError('spool commit failed', err));
-      return;
-    }
-    this.stats.commits += 1;
-    this.stats.operations += ops.length;
-    this.stats.maxBatch = Math.max(this.stats.maxBatch, ops.length);
-    spoolCommitBatchSize.observe(ops.length);
-    spoolCommitSeconds.observe((performance.now() - started) / 1000);
-    const aborted: Array<{ op: WriteOp; error: unknown }> = [];
-    ops.forEach((op, i) => {
-      const outcome = results[i];
-      if (outcome.ok) {
-        try {
-          outcome.result.onCommit?.();
-        } catch (err) {
-          this.logger.error({ err }, 'spool bookkeeping after commit failed');
-        }
-        op.resolve(outcome.result.value);
-      } else {
-        aborted.push({ op, error: outcome.error });
-      }
-    });
-    for (const { op, error } of aborted) {
-      await this.abort([op], error);
-    }
-  }
-
-  private async abort(ops: WriteOp[], error: unknown): Promise<void> {
-    for (const op of ops) {
-      try {
-        await op.onAbort?.();
-      } catch {
-        // best effort: open() removes orphan body files anyway
-      }
-      op.reject(error);
-    }
-  }
-
   private assertOpen(): void {
     if (!this.db.open) throw new Error('spool is closed');
   }
-}
-
-function prepareStatements(db: Database.Database) {
-  return {
-    insertMessage: db.prepare(
-      `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at,
-                             attempts, pending_recipients)
-       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?)`,
-    ),
-    insertRecipient: db.prepare(
-      `INSERT INTO recipients (message_id, position, recipient, status) VALUES (?, ?, ?, 'pending')`,
-    ),
-    insertBody: db.prepare(`INSERT INTO bodies (id, data) VALUES (?, ?)`),
-    message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
-    bodyInfo: db.prepare(`SELECT body_in_file FROM messages WHERE id = ?`),
-    body: db.prepare(`SELECT data FROM bodies WHERE id = ?`),
-    due: db.prepare(LEASE_SQL),
-    nextDue: db.prepare(NEXT_DUE_SQL),
-    deferredCount: db.prepare(DEFERRED_COUNT_SQL),
-    oldest: db.prepare(OLDEST_SQL),
-    pendingRecipients: db.prepare(
-      `SELECT recipient FROM recipients WHERE message_id = ? AND status = 'pending' ORDER BY position`,
-    ),
-    recipients: db.prepare(
-      `SELECT recipient, status, reply, code FROM recipients WHERE message_id = ? ORDER BY position`,
-    ),
-    recipientStatuses: db.prepare(`SELECT status FROM recipients WHERE message_id = ?`),
-    countPendingRecipients: db.prepare(
-      `SELECT count(*) FROM recipients WHERE message_id = ? AND status = 'pending'`,
-    ),
-    noteRecipientReply: db.prepare(
-      `UPDATE recipients SET reply = ?, code = ?
-        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
-    ),
-    finishRecipient: db.prepare(
-      `UPDATE recipients SET status = ?, reply = ?, code = ?
-        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
-    ),
-    reschedule: db.prepare(
-      `UPDATE messages SET due_at = ?, attempts = ?, pending_recipients = ? WHERE id = ?`,
-    ),
-    setDue: db.prepare(`UPDATE messages SET due_at = ? WHERE id = ? AND state = 'pending'`),
-    markFailed: db.prepare(
-      `UPDATE messages SET state = 'failed', finished_at = ?, attempts = ?, pending_recipients = 0
-        WHERE id = ?`,
-    ),
-    failed: db.prepare(
-      `SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`,
-    ),
-    expiredFailed: db.prepare(
-      `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
-    ),
-    deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
-    deleteBody: db.prepare(`DELETE FROM bodies WHERE id = ?`),
-    deleteMessage: db.prepare(`DELETE FROM messages WHERE id = ?`),
-  };
-}
-
-function parseReception(row: Pick<MessageRow, 'reception' | 'received_at'>): Reception {
-  const stored = JSON.parse(row.reception) as Omit<Reception, 'receivedAt'>;
-  const reception: Reception = { clientAddress: stored.clientAddress, receivedAt: row.received_at };
-  if (stored.heloName !== undefined) reception.heloName = stored.heloName;
-  if (stored.authUser !== undefined) reception.authUser = stored.authUser;
-  return reception;
-}
-
-async function writeAll(file: fsp.FileHandle, buffer: Buffer): Promise<void> {
-  let offset = 0;
-  while (offset < buffer.length) {
-    const { bytesWritten } = await file.write(buffer, offset, buffer.length - offset);
-    offset += bytesWritten;
-  }
-}
-
-/** fsync a directory so that file creations, renames and removals in it are durable. */
-async function fsyncDir(dir: string, strict = false): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
-  try {
-    handle = await fsp.open(dir, 'r');
-    await handle.sync();
-  } catch (err) {
-    if (strict) throw err;
-  } finally {
-    await handle?.close().catch(() => undefined);
-  }
-}
-
-async function removeQuietly(file: string): Promise<void> {
-  await fsp.rm(file, { force: true }).catch(() => undefined);
 }
