@@ -41,7 +41,7 @@ export class StaticUserAuthenticator implements Authenticator {
     let found: SmtpUser | undefined;
     for (const u of this.users) if (sameString(u.username, username) && !found) found = u;
     const hash = (found && comparableHash(found.bcryptHash)) ?? this.dummyHash;
-    let ok = false;
+    let ok: boolean;
     try {
       ok = await bcrypt.compare(password, hash);
     } catch {
