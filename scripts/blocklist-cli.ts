@@ -1,0 +1,318 @@
+/**
+ * Operator CLI for the suppression list and the API-key table (the same tables the relay reads).
+ *
+ *   npm run blocklist -- add ADDRESS|@DOMAIN [--reason TEXT]
+ *   npm run blocklist -- remove ADDRESS|@DOMAIN
+ *   npm run blocklist -- check ADDRESS          (same rules as the relay: address or its @domain)
+ *   npm run blocklist -- list [PREFIX]
+ *   npm run blocklist -- apikey add NAME [--from-domain DOMAIN]...   (prints the new key once)
+ *   npm run blocklist -- apikey list
+ *   npm run blocklist -- apikey disable|enable|remove HASH|HASH-PREFIX|NAME
+ *
+ * Tables: DYNAMODB_TABLE and DYNAMODB_API_KEYS_TABLE. Region, credentials and AWS_ENDPOINT_URL_DYNAMODB come
+ * from the AWS SDK's standard chain. Exit codes: 0 done, 1 usage or not found, 2 DynamoDB error.
+ */
+import {
+  DeleteItemCommand,
+  DynamoDBClient,
+  PutItemCommand,
+  ScanCommand,
+  UpdateItemCommand,
+  type AttributeValue,
+} from '@aws-sdk/client-dynamodb';
+import { silentLogger } from '../src/observability/logger';
+import { normalizeAddress } from '../src/policy/address';
+import {
+  API_KEY_HASH_ATTRIBUTE,
+  generateApiKey,
+  hashApiKey,
+  normalizeDomains,
+  parseApiKeyItem,
+} from '../src/policy/api-keys';
+import { SuppressionList } from '../src/policy/suppression-list';
+
+export interface CliIo {
+  env: NodeJS.ProcessEnv;
+  out: (line: string) => void;
+  err: (line: string) => void;
+  /** Injected client (tests); otherwise one from the standard chain. */
+  client?: DynamoDBClient;
+}
+
+const USAGE = `usage: npm run blocklist -- <command>
+  add ADDRESS|@DOMAIN [--reason TEXT]   suppress an address or a whole domain
+  remove ADDRESS|@DOMAIN                remove an entry
+  check ADDRESS                         is it suppressed (by address or domain)?
+  list [PREFIX]                         print entries (Scan)
+  apikey add NAME [--from-domain D]...  create an API key (printed once; only its SHA-256 is stored)
+  apikey list                           print API keys (hash prefix, name, enabled, domains)
+  apikey disable|enable|remove KEY-ID   KEY-ID: full hash, hash prefix (8+ chars) or name
+environment: DYNAMODB_TABLE, DYNAMODB_API_KEYS_TABLE, AWS_REGION, AWS credentials, AWS_ENDPOINT_URL_DYNAMODB`;
+
+class UsageError extends Error {}
+
+/** Split `--name value` options (repeatable) from positional arguments. */
+function parseArgs(args: string[]): { positional: string[]; options: Map<string, string[]> } {
+  const positional: string[] = [];
+  const options = new Map<string, string[]>();
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = eq === -1 ? a.slice(2) : a.slice(2, eq);
+      const value = eq === -1 ? args[++i] : a.slice(eq + 1);
+      if (value === undefined) throw new UsageError(`--${name} needs a value`);
+      options.set(name, [...(options.get(name) ?? []), value]);
+    } else {
+      positional.push(a);
+    }
+  }
+  return { positional, options };
+}
+
+function entryKey(input: string | undefined): string {
+  const key = normalizeAddress(input ?? '');
+  if (!key || !key.includes('@') || key.endsWith('@')) {
+    throw new UsageError(`"${input ?? ''}" is not an address or @domain`);
+  }
+  return key;
+}
+
+function requireTable(env: NodeJS.ProcessEnv, name: 'DYNAMODB_TABLE' | 'DYNAMODB_API_KEYS_TABLE'): string {
+  const t = env[name];
+  if (!t) throw new UsageError(`${name} is not set`);
+  return t;
+}
+
+async function scanAll(client: DynamoDBClient, table: string): Promise<Record<string, AttributeValue>[]> {
+  const items: Record<string, AttributeValue>[] = [];
+  let start: Record<string, AttributeValue> | undefined;
+  for (let page = 0; page < 100_000; page++) {
+    const out = await client.send(new ScanCommand({ TableName: table, ExclusiveStartKey: start }));
+    items.push(...(out.Items ?? []));
+    start = out.LastEvaluatedKey;
+    if (!start) break;
+  }
+  return items;
+}
+
+async function suppressionCommand(
+  command: string,
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const table = requireTable(io.env, 'DYNAMODB_TABLE');
+  switch (command) {
+    case 'add': {
+      const email = entryKey(positional[0]);
+      const now = new Date().toISOString();
+      await client.send(
+        new UpdateItemCommand({
+          TableName: table,
+          Key: { email: { S: email } },
+          UpdateExpression:
+            'SET #reason = :reason, #source = :source, #firstSeen = if_not_exists(#firstSeen, :now), #lastSeen = :now',
+          ExpressionAttributeNames: {
+            '#reason': 'reason',
+            '#source': 'source',
+            '#firstSeen': 'firstSeen',
+            '#lastSeen': 'lastSeen',
+          },
+          ExpressionAttributeValues: {
+            ':reason': { S: options.get('reason')?.at(-1) ?? 'manual' },
+            ':source': { S: 'cli' },
+            ':now': { S: now },
+          },
+        }),
+      );
+      io.out(`suppressed ${email}`);
+      return 0;
+    }
+    case 'remove': {
+      const email = entryKey(positional[0]);
+      const out = await client.send(
+        new DeleteItemCommand({ TableName: table, Key: { email: { S: email } }, ReturnValues: 'ALL_OLD' }),
+      );
+      if (!out.Attributes) {
+        io.err(`${email} is not on the suppression list`);
+        return 1;
+      }
+      io.out(`removed ${email} (relays may keep their cached answer for up to BLOCKLIST_CACHE_TTL)`);
+      return 0;
+    }
+    case 'check': {
+      const address = entryKey(positional[0]);
+      const list = new SuppressionList({
+        client,
+        table,
+        cacheTtlMs: 0,
+        cacheMax: 1,
+        logger: silentLogger,
+        recoveryProbeMs: 0,
+      });
+      try {
+        const d = await list.check([address]);
+        const s = d.suppressed[0];
+        io.out(
+          s
+            ? `${address}: suppressed (entry ${s.matched}${s.reason ? `, reason ${s.reason}` : ''})`
+            : `${address}: not suppressed`,
+        );
+      } finally {
+        await list.close();
+      }
+      return 0;
+    }
+    case 'list': {
+      const prefix = positional[0] ? normalizeAddress(positional[0]) : '';
+      const items = (await scanAll(client, table))
+        .filter((i) => (i.email?.S ?? '').startsWith(prefix))
+        .sort((a, b) => (a.email?.S ?? '').localeCompare(b.email?.S ?? ''));
+      for (const i of items) {
+        const detail = i.bounceType?.S ?? i.complaintFeedbackType?.S ?? '';
+        io.out(
+          [i.email?.S, i.reason?.S ?? '', detail, i.lastSeen?.S ?? '', i.count?.N ?? ''].join('\t').trimEnd(),
+        );
+      }
+      io.err(`${items.length} entries`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown command "${command}"`);
+  }
+}
+
+async function resolveApiKey(client: DynamoDBClient, table: string, id: string | undefined) {
+  if (!id) throw new UsageError('give the key hash, a hash prefix (8+ characters) or the key name');
+  const items = (await scanAll(client, table)).map(parseApiKeyItem);
+  const lower = id.toLowerCase();
+  const matches = items.filter(
+    (k) => k.hash === lower || (lower.length >= 8 && k.hash.startsWith(lower)) || k.name === id,
+  );
+  if (matches.length !== 1) {
+    throw new UsageError(
+      matches.length === 0 ? `no API key matches "${id}"` : `"${id}" matches several keys`,
+    );
+  }
+  return matches[0];
+}
+
+async function apiKeyCommand(
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const table = requireTable(io.env, 'DYNAMODB_API_KEYS_TABLE');
+  const [sub, arg] = positional;
+  switch (sub) {
+    case 'add': {
+      if (!arg) throw new UsageError('apikey add needs a NAME');
+      const key = generateApiKey();
+      const hash = hashApiKey(key);
+      const domains = normalizeDomains((options.get('from-domain') ?? []).flatMap((d) => d.split(',')));
+      await client.send(
+        new PutItemCommand({
+          TableName: table,
+          Item: {
+            [API_KEY_HASH_ATTRIBUTE]: { S: hash },
+            name: { S: arg },
+            enabled: { BOOL: true },
+            created_at: { S: new Date().toISOString() },
+            ...(domains.length > 0 ? { allowed_from_domains: { SS: domains } } : {}),
+          },
+          ConditionExpression: 'attribute_not_exists(#h)',
+          ExpressionAttributeNames: { '#h': API_KEY_HASH_ATTRIBUTE },
+        }),
+      );
+      io.out(key);
+      io.err(
+        `API key "${arg}" created (hash ${hash})${domains.length ? `, From domains: ${domains.join(', ')}` : ''}.\n` +
+          'The key above is shown only once: use it as the SMTP AUTH password (any username).',
+      );
+      return 0;
+    }
+    case 'list': {
+      const items = (await scanAll(client, table)).map(parseApiKeyItem);
+      items.sort((a, b) => (a.name ?? '').localeCompare(b.name ?? ''));
+      for (const k of items) {
+        io.out(
+          [
+            k.hash.slice(0, 12),
+            k.name ?? '',
+            k.enabled ? 'enabled' : 'disabled',
+            (k.allowedFromDomains ?? []).join(','),
+          ]
+            .join('\t')
+            .trimEnd(),
+        );
+      }
+      io.err(`${items.length} keys`);
+      return 0;
+    }
+    case 'disable':
+    case 'enable': {
+      const k = await resolveApiKey(client, table, arg);
+      await client.send(
+        new UpdateItemCommand({
+          TableName: table,
+          Key: { [API_KEY_HASH_ATTRIBUTE]: { S: k.hash } },
+          UpdateExpression: 'SET #enabled = :enabled',
+          ExpressionAttributeNames: { '#enabled': 'enabled' },
+          ExpressionAttributeValues: { ':enabled': { BOOL: sub === 'enable' } },
+        }),
+      );
+      io.out(
+        `${sub}d API key ${k.name ?? k.hash.slice(0, 12)} (relays may cache the old answer for APIKEY_CACHE_TTL)`,
+      );
+      return 0;
+    }
+    case 'remove': {
+      const k = await resolveApiKey(client, table, arg);
+      await client.send(
+        new DeleteItemCommand({ TableName: table, Key: { [API_KEY_HASH_ATTRIBUTE]: { S: k.hash } } }),
+      );
+      io.out(`removed API key ${k.name ?? k.hash.slice(0, 12)}`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown apikey command "${sub ?? ''}"`);
+  }
+}
+
+export async function runCli(args: string[], io: CliIo): Promise<number> {
+  let client: DynamoDBClient | undefined;
+  try {
+    const { positional, options } = parseArgs(args);
+    const [command, ...rest] = positional;
+    if (!command || command === 'help' || options.has('help')) {
+      io.out(USAGE);
+      return command ? 0 : 1;
+    }
+    client = io.client ?? new DynamoDBClient({});
+    if (command === 'apikey') return await apiKeyCommand(rest, options, client, io);
+    return await suppressionCommand(command, rest, options, client, io);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`error: ${err.message}`);
+      io.err(USAGE);
+      return 1;
+    }
+    io.err(`error: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    return 2;
+  } finally {
+    if (client && !io.client) client.destroy();
+  }
+}
+
+if (require.main === module) {
+  runCli(process.argv.slice(2), {
+    env: process.env,
+    out: (l) => process.stdout.write(`${l}\n`),
+    err: (l) => process.stderr.write(`${l}\n`),
+  }).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,129 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, test } from 'node:test';
+import { runCli } from '../scripts/blocklist-cli';
+import { silentLogger } from '../src/observability/logger';
+import { ApiKeyAuthenticator } from '../src/policy/api-keys';
+import { startDynalite, type Dynalite } from './helpers/dynalite';
+
+const ROOT = path.resolve(__dirname, '..');
+const env = { DYNAMODB_TABLE: 'cli-suppression', DYNAMODB_API_KEYS_TABLE: 'cli-api-keys' };
+
+describe('blocklist CLI', () => {
+  let db: Dynalite;
+  const cli = async (...args: string[]) => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await runCli(args, {
+      env,
+      out: (l) => out.push(l),
+      err: (l) => err.push(l),
+      client: db.client(),
+    });
+    return { code, out: out.join('\n'), err: err.join('\n') };
+  };
+
+  before(async () => {
+    db = await startDynalite();
+    await db.createTable(env.DYNAMODB_TABLE);
+    await db.createTable(env.DYNAMODB_API_KEYS_TABLE, 'api_key_hash');
+  });
+  after(async () => {
+    await db.close();
+  });
+
+  test('add, check (address and domain, any case), list, remove', async () => {
+    assert.equal((await cli('add', 'Someone@Example.COM', '--reason', 'requested')).code, 0);
+    assert.equal((await cli('add', '@Blocked.example')).code, 0);
+    assert.match(
+      (await cli('check', 'SOMEONE@example.com')).out,
+      /suppressed \(entry someone@example.com, reason requested\)/,
+    );
+    assert.match((await cli('check', 'x@blocked.example')).out, /suppressed \(entry @blocked.example/);
+    assert.match((await cli('check', 'other@example.com')).out, /not suppressed/);
+    const list = await cli('list');
+    assert.deepEqual(
+      list.out.split('\n').map((l) => l.split('\t').slice(0, 2)),
+      [
+        ['@blocked.example', 'manual'],
+        ['someone@example.com', 'requested'],
+      ],
+    );
+    assert.equal((await cli('remove', 'someone@example.com')).code, 0);
+    assert.match((await cli('check', 'someone@example.com')).out, /not suppressed/);
+    const again = await cli('remove', 'someone@example.com');
+    assert.equal(again.code, 1);
+    assert.match(again.err, /not on the suppression list/);
+  });
+
+  test('usage errors exit 1 with a message; DynamoDB errors exit 2', async () => {
+    assert.equal((await cli()).code, 1);
+    const bad = await cli('add', 'not-an-address');
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /not an address or @domain/);
+    assert.equal((await cli('frobnicate', 'a@b.c')).code, 1);
+    const noTable = await runCli(['check', 'a@b.c'], {
+      env: {},
+      out: () => {},
+      err: () => {},
+      client: db.client(),
+    });
+    assert.equal(noTable, 1);
+    const missing = await runCli(['list'], {
+      env: { DYNAMODB_TABLE: 'missing-table' },
+      out: () => {},
+      err: () => {},
+      client: db.client(),
+    });
+    assert.equal(missing, 2);
+  });
+
+  test('apikey add prints a key once; it authenticates; disable and remove', async () => {
+    const added = await cli(
+      'apikey',
+      'add',
+      'newsletter',
+      '--from-domain',
+      '@News.example',
+      '--from-domain',
+      'b.example',
+    );
+    assert.equal(added.code, 0);
+    const key = added.out.trim();
+    assert.match(key, /^[A-Za-z0-9_-]{43}$/);
+    assert.ok(!added.err.includes(key), 'the key is printed once, on stdout');
+    const auth = new ApiKeyAuthenticator({
+      client: db.client(),
+      table: env.DYNAMODB_API_KEYS_TABLE,
+      cacheTtlMs: 0,
+      logger: silentLogger,
+    });
+    assert.deepEqual(await auth.authenticate('any', key), {
+      user: 'newsletter',
+      allowedFromDomains: ['news.example', 'b.example'],
+    });
+    assert.match(
+      (await cli('apikey', 'list')).out,
+      /^[0-9a-f]{12}\tnewsletter\tenabled\tnews.example,b.example$/m,
+    );
+    assert.equal((await cli('apikey', 'disable', 'newsletter')).code, 0);
+    assert.equal(await auth.authenticate('any', key), null);
+    assert.equal((await cli('apikey', 'enable', 'newsletter')).code, 0);
+    assert.equal((await auth.authenticate('any', key))?.user, 'newsletter');
+    assert.equal((await cli('apikey', 'remove', 'newsletter')).code, 0);
+    assert.equal(await auth.authenticate('any', key), null);
+    assert.equal((await cli('apikey', 'remove', 'newsletter')).code, 1);
+  });
+
+  test('the script runs as `npm run blocklist` would (tsx, environment only)', async () => {
+    await cli('add', 'script@example.com');
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--import', 'tsx', path.join('scripts', 'blocklist-cli.ts'), 'check', 'Script@Example.com'],
+      { cwd: ROOT, env: { ...process.env, ...db.env, ...env }, timeout: 30_000 },
+    );
+    assert.match(stdout, /script@example.com: suppressed/);
+  });
+});
