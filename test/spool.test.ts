@@ -353,6 +353,27 @@ describe('SqliteSpool', () => {
     );
   });
 
+  test('one failing operation in a batch fails alone', async () => {
+    const { spool } = await openSpool();
+    const a = await spool.store(envelope('a@x.test'), bodyStream(Buffer.from('a')), reception);
+    const b = await spool.store(envelope('b@x.test'), bodyStream(Buffer.from('b')), reception);
+    const before = spool.commitStats().commits;
+    const [first, bad, second] = await Promise.allSettled([
+      spool.settle(a, [{ recipient: 'a@x.test', status: 'delivered' }]),
+      spool.settle('NOPE', [{ recipient: 'a@x.test', status: 'delivered' }]),
+      spool.settle(b, [{ recipient: 'b@x.test', status: 'failed', code: 550 }]),
+    ]);
+    assert.deepEqual(first, { status: 'fulfilled', value: 'delivered' });
+    assert.equal(bad.status, 'rejected');
+    assert.deepEqual(second, { status: 'fulfilled', value: 'failed' });
+    assert.equal(spool.commitStats().commits, before + 1, 'all three were in one transaction');
+    assert.deepEqual(
+      spool.listFailed().map((m) => m.id),
+      [b],
+    );
+    assert.equal(spool.counts().pending, 0);
+  });
+
   test('lease is exclusive until settled or released; release with dueAt', async () => {
     const { spool } = await openSpool();
     const ids: string[] = [];

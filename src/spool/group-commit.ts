@@ -43,7 +43,7 @@ interface QueuedOp extends OpOptions {
 type Applied = { ok: true; result: OpResult<unknown> } | { ok: false; error: unknown };
 
 /** Upper bound on operations per transaction, to keep one commit short. */
-const MAX_BATCH = 2000;
+const MAX_BATCH = 500;
 
 export class GroupCommitter {
   private queue: QueuedOp[] = [];
@@ -61,10 +61,31 @@ export class GroupCommitter {
   ) {
     // A transaction function called inside another transaction becomes a SAVEPOINT.
     this.inSavepoint = db.transaction((fn: () => OpResult<unknown>) => fn());
-    this.runBatch = (ops) =>
-      db
+    this.runBatch = (ops) => {
+      // Fast path without savepoints (they cost ~20 % of a commit). If an op throws, the whole
+      // transaction rolls back and the batch is replayed with one SAVEPOINT per op, so that only the
+      // bad op fails. Ops are re-runnable: they only touch the database until their onCommit.
+      try {
+        return db
+          .transaction(() =>
+            ops.map((op): Applied => {
+              try {
+                return { ok: true, result: op.apply() };
+              } catch (error) {
+                throw new OpFailed(error);
+              }
+            }),
+          )
+          .immediate();
+      } catch (err) {
+        if (!(err instanceof OpFailed)) throw err; // BEGIN or COMMIT failed: the batch fails
+      }
+      return db
         .transaction(() =>
           ops.map((op): Applied => {
+            // After an I/O error SQLite may roll back the whole transaction by itself; running the
+            // next op now would autocommit it on its own, so fail the batch instead.
+            if (!db.inTransaction) throw new Error('SQLite rolled back the spool transaction');
             try {
               return { ok: true, result: this.inSavepoint(op.apply) };
             } catch (error) {
@@ -73,6 +94,7 @@ export class GroupCommitter {
           }),
         )
         .immediate();
+    };
   }
 
   /** Run `apply` inside the next group transaction; resolves with its value once committed. */
@@ -164,6 +186,13 @@ export class GroupCommitter {
       op.resolve(applied.result.value);
     });
     for (const [op, error] of failed) await abort([op], error);
+  }
+}
+
+/** Marks an error thrown by one op (not by BEGIN/COMMIT) in the fast path. */
+class OpFailed extends Error {
+  constructor(readonly error: unknown) {
+    super('spool operation failed');
   }
 }
 

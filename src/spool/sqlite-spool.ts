@@ -217,7 +217,7 @@ export class SqliteSpool implements Spool {
         },
         {
           syncBodiesDir: inFile,
-          onAbort: inFile ? () => removeQuietly(bodyFile) : undefined,
+          onAbort: inFile ? () => this.removeUncommittedBody(id, bodyFile) : undefined,
         },
       );
     } catch (err) {
@@ -293,15 +293,20 @@ export class SqliteSpool implements Spool {
     const row = this.stmt.message.get(id) as MessageRow | undefined;
     if (!row) throw new Error(`spool has no message ${id}`);
     if (row.state !== 'pending') throw new Error(`message ${id} is already finished (${row.state})`);
+    const unmatched: string[] = [];
     for (const outcome of outcomes) {
       const reply = outcome.reply ?? null;
       const code = outcome.code ?? null;
-      if (outcome.status === 'deferred') {
-        this.stmt.noteRecipientReply.run(reply, code, id, outcome.recipient);
-      } else {
-        this.stmt.finishRecipient.run(outcome.status, reply, code, id, outcome.recipient);
-      }
+      const { changes } =
+        outcome.status === 'deferred'
+          ? this.stmt.noteRecipientReply.run(reply, code, id, outcome.recipient)
+          : this.stmt.finishRecipient.run(outcome.status, reply, code, id, outcome.recipient);
+      if (changes === 0) unmatched.push(outcome.recipient);
     }
+    const warnUnmatched = (): void => {
+      if (unmatched.length === 0) return;
+      this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not pending');
+    };
     const attempts = row.attempts + (options.countAttempt === false ? 0 : 1);
     const stillPending = this.stmt.countPendingRecipients.pluck().get(id) as number;
     const recipientDelta = stillPending - row.pending_recipients;
@@ -314,6 +319,7 @@ export class SqliteSpool implements Spool {
         value: anyDeferred ? 'deferred' : 'queued',
         onCommit: () => {
           this.pendingRecipients += recipientDelta;
+          warnUnmatched();
         },
       };
     }
@@ -327,6 +333,7 @@ export class SqliteSpool implements Spool {
           this.pendingMessages -= 1;
           this.pendingRecipients += recipientDelta;
           this.failedMessages += 1;
+          warnUnmatched();
         },
       };
     }
@@ -336,6 +343,7 @@ export class SqliteSpool implements Spool {
       onCommit: () => {
         this.pendingMessages -= 1;
         this.pendingRecipients += recipientDelta;
+        warnUnmatched();
         if (row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
       },
     };
@@ -457,6 +465,18 @@ export class SqliteSpool implements Spool {
     }
     if (removed > 0) this.logger.info({ removed }, 'pruned failed messages past retention');
     return removed;
+  }
+
+  /**
+   * After a failed commit, remove the body file unless the row exists after all (a COMMIT that
+   * reported an error may still have reached the disk); when in doubt keep it: open() cleans up.
+   */
+  private async removeUncommittedBody(id: MessageId, file: string): Promise<void> {
+    try {
+      if (this.db.open && !this.stmt.bodyInfo.get(id)) await removeQuietly(file);
+    } catch {
+      // database unusable: leave the file to the orphan cleanup of the next open()
+    }
   }
 
   private deleteMessage(id: MessageId): void {
