@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import nodemailer from 'nodemailer';
+import type SMTPTransport from 'nodemailer/lib/smtp-transport';
 import { silentLogger } from '../src/observability/logger';
 import { AuthUnavailableError, type Authenticator } from '../src/ingress/authenticator';
 import {
@@ -126,7 +127,7 @@ describe('ingress AUTH with static users (client not trusted)', () => {
         ignoreTLS: true,
         forceAuth,
         auth: { user: 'alice', pass: 's3cret' },
-      } as nodemailer.TransportOptions);
+      } as SMTPTransport.Options);
       try {
         await assert.rejects(
           insecure.sendMail(message),

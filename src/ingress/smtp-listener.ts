@@ -341,6 +341,9 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     const user = userOf(session);
     const client = session.remoteAddress;
     const body = new LineEndingNormalizer();
+    // The spool sees a destroyed body through its own reading; this listener only keeps an error on a
+    // body the spool no longer reads (it already gave up) from becoming an uncaught exception.
+    body.on('error', () => {});
     let received = 0;
     let tooBig = false;
     let aborted = false;

@@ -180,6 +180,7 @@ export function testIngressConfig(overrides: Partial<IngressConfig> = {}): Ingre
     maxRecipients: 100,
     maxClients: 100,
     socketTimeoutMs: 30_000,
+    greetingDelayMs: 0,
     ...overrides,
   };
 }
