@@ -167,17 +167,18 @@ describe('LocalLimiter', () => {
 
 describe('ThrottleController', () => {
   it('compounds, floors and recovers linearly', () => {
-    const c = new ThrottleController({ rate: 100, factor: 0.5, recoveryMs: 1000 });
+    const c = new ThrottleController({ rate: 100, factor: 0.5, recoveryMs: 1000, compoundAfterMs: 10 });
     assert.equal(c.effectiveRate(0), 100);
     assert.equal(c.throttled(0), 50);
     assert.equal(c.effectiveRate(500), 75);
-    assert.equal(c.throttled(0 + 0), 25);
-    for (let i = 0; i < 10; i++) c.throttled(0);
-    assert.equal(c.effectiveRate(0), 5);
-    assert.equal(c.effectiveRate(1000), 100);
-    assert.equal(c.effectiveRate(5000), 100);
+    assert.ok(Math.abs(c.throttled(5) - 50.25) < 1e-9, 'within compoundAfterMs: same event, no further cut');
+    let t = 5;
+    for (let i = 0; i < 10; i++) c.throttled((t += 10));
+    assert.equal(c.effectiveRate(t), 5, 'floored at 5 %');
+    assert.equal(c.effectiveRate(t + 1000), 100);
+    assert.equal(c.effectiveRate(t + 5000), 100);
     // Earned tokens: trapezoid over the ramp, flat afterwards.
-    assert.ok(Math.abs(c.tokensBetween(0, 1000) - 52.5) < 1e-9);
-    assert.ok(Math.abs(c.tokensBetween(1000, 2000) - 100) < 1e-9);
+    assert.ok(Math.abs(c.tokensBetween(t, t + 1000) - 52.5) < 1e-9);
+    assert.ok(Math.abs(c.tokensBetween(t + 1000, t + 2000) - 100) < 1e-9);
   });
 });

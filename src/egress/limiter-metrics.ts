@@ -20,3 +20,15 @@ export const limiterThrottledTotal = new Counter({
   help: 'SES 454 Throttling failures reported to the limiter since start',
   registers: [registry],
 });
+
+export const limiterRate = new Gauge({
+  name: `${METRIC_PREFIX}limiter_rate`,
+  help: 'Configured recipients per second (SES_RATE_LIMIT)',
+  registers: [registry],
+});
+
+export const limiterAvailable = new Gauge({
+  name: `${METRIC_PREFIX}limiter_available`,
+  help: '1 when the limiter can grant tokens (for the Redis limiter: Redis reachable), else 0',
+  registers: [registry],
+});

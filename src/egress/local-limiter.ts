@@ -22,7 +22,13 @@ import Bottleneck from 'bottleneck';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../observability/logger';
 import { LimiterUnavailableError, type LimiterStatus, type RecipientLimiter } from './limiter';
-import { limiterEffectiveRate, limiterThrottledTotal, limiterWaitSeconds } from './limiter-metrics';
+import {
+  limiterAvailable,
+  limiterEffectiveRate,
+  limiterRate,
+  limiterThrottledTotal,
+  limiterWaitSeconds,
+} from './limiter-metrics';
 import { ThrottleController } from './throttle-controller';
 
 export interface LocalLimiterOptions {
@@ -67,6 +73,8 @@ export class LocalLimiter implements RecipientLimiter {
     this.bottleneck.on('error', (err) => this.logger?.error({ err }, 'limiter: bottleneck error'));
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 10);
     this.timer.unref();
+    limiterRate.set(options.rate);
+    limiterAvailable.set(1);
     this.publishRate(performance.now());
   }
 
@@ -182,6 +190,7 @@ export class LocalLimiter implements RecipientLimiter {
     if (this.stopped) return;
     this.stopped = true;
     clearInterval(this.timer);
+    limiterAvailable.set(0);
     await this.bottleneck.stop({ dropWaitingJobs: true }).catch(() => undefined);
   }
 }

@@ -1,6 +1,7 @@
 /**
  * How fast we may send after SES said `454 Throttling failure`: the effective rate drops to
- * `rate * factor` (repeated 454s compound, never below `floorFraction` of the rate) and then climbs back
+ * `rate * factor` (repeated 454s compound, never below `floorFraction` of the rate; 454s arriving together
+ * within `compoundAfterMs` count once) and then climbs back
  * linearly to the full rate over `recoveryMs` without new throttling replies.
  *
  * Pure arithmetic over a clock, shared by the in-process limiter (local-limiter.ts) and the Redis one.
@@ -15,6 +16,11 @@ export interface ThrottleControllerOptions {
   recoveryMs: number;
   /** Lowest fraction of the rate we ever slow down to (default 5 %). */
   floorFraction?: number;
+  /**
+   * 454s within this time of the last slow-down do not lower the rate again (default 1 s): the
+   * transactions in flight when SES started throttling all fail together, which is one event.
+   */
+  compoundAfterMs?: number;
 }
 
 export class ThrottleController {
@@ -26,6 +32,7 @@ export class ThrottleController {
   private level = 1;
   private since = 0;
   private throttleCount = 0;
+  private readonly compoundAfterMs: number;
 
   constructor(options: ThrottleControllerOptions) {
     if (!(options.rate > 0)) throw new RangeError('rate must be > 0');
@@ -34,6 +41,7 @@ export class ThrottleController {
     this.factor = options.factor;
     this.recoveryMs = Math.max(0, options.recoveryMs);
     this.floorFraction = Math.min(1, Math.max(0.001, options.floorFraction ?? 0.05));
+    this.compoundAfterMs = Math.max(0, options.compoundAfterMs ?? 1000);
   }
 
   /** Fraction of the full rate allowed at `now` (1 when not throttled). */
@@ -60,10 +68,17 @@ export class ThrottleController {
 
   /** A 454 arrived at `now`: lower the rate (compounding) and restart the recovery. Returns the new rate. */
   throttled(now: number): number {
-    const next = Math.max(this.floorFraction, this.fraction(now) * this.factor);
+    this.throttleCount++;
+    const current = this.fraction(now);
+    if (this.throttleCount > 1 && now - this.since < this.compoundAfterMs) {
+      // Same overload event: keep the current (already lowered) rate, restart its recovery.
+      this.level = current;
+      this.since = now;
+      return this.rate * current;
+    }
+    const next = Math.max(this.floorFraction, current * this.factor);
     this.level = next;
     this.since = now;
-    this.throttleCount++;
     return this.rate * next;
   }
 

@@ -1,0 +1,534 @@
+/**
+ * The delivery loop: lease due messages from the spool in small batches, consult the suppression
+ * policy, split the allowed recipients into SMTP transactions of at most min(50, burst) recipients,
+ * take that many tokens from the recipient limiter, send, classify each recipient's reply and settle
+ * the outcome in the spool.
+ *
+ * - At most `poolSize * 2` messages are in flight; the backlog stays on disk (never loaded whole).
+ * - Between batches the loop sleeps until the spool's next due time, a finished delivery, or `wake()`
+ *   (the ingress calls it after each store, so new mail leaves at once).
+ * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
+ *   little jitter); SES throttling (454), an unreachable policy or limiter, and shutdown defer without
+ *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires.
+ * - stop(grace): stop leasing, abort limiter waits, let in-flight SMTP transactions finish within grace,
+ *   release the rest to the spool (due again at once, or after a restart).
+ */
+import type { EgressConfig } from '../config';
+import type { Logger } from '../observability/logger';
+import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
+import type { QueuedMessage, Spool } from '../spool/spool';
+import type { DeferralReason, RecipientOutcome } from '../types';
+import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
+import type { RecipientResult, Transport } from './transport';
+import {
+  deliveryInFlight,
+  messagesDeferred,
+  messagesDelivered,
+  messagesExpired,
+  messagesFailed,
+  recipientsDeferred,
+  recipientsDelivered,
+  recipientsFailed,
+  recipientsSuppressed,
+  upstreamLatency,
+  upstreamReplies,
+} from './egress-metrics';
+
+export interface DispatcherOptions {
+  spool: Spool;
+  transport: Transport;
+  limiter: RecipientLimiter;
+  policy: RecipientPolicy;
+  config: Pick<
+    EgressConfig,
+    'retryScheduleMs' | 'maxQueueAgeMs' | 'poolSize' | 'maxRecipientsPerTransaction'
+  >;
+  /** Limiter burst: transactions never carry more recipients than this. */
+  burst: number;
+  /** Send even when the suppression list cannot be consulted (BLOCKLIST_FAIL_OPEN). */
+  failOpen?: boolean;
+  logger: Logger;
+  now?: () => number;
+  /** Retry delay range after a 454 Throttling failure (default 1-5 s). */
+  throttleRetryMs?: [number, number];
+  /** Retry delay when the policy or the limiter is unavailable (default 5 s). */
+  unavailableRetryMs?: number;
+  /** Longest sleep between spool polls when nothing is due (default 5 s). */
+  maxSleepMs?: number;
+}
+
+/** A deferred recipient with why, before it becomes a RecipientOutcome. */
+interface Deferral {
+  outcome: RecipientOutcome;
+  reason: DeferralReason;
+  /** Counts towards the retry schedule. */
+  counted: boolean;
+}
+
+interface Task {
+  message: QueuedMessage;
+  promise: Promise<void>;
+  /** Set when stop() gave up waiting: the task must not touch the spool any more. */
+  abandoned: boolean;
+  /** An SMTP transaction of this message is in progress. */
+  sending: boolean;
+}
+
+export class Dispatcher {
+  private readonly spool: Spool;
+  private readonly transport: Transport;
+  private readonly limiter: RecipientLimiter;
+  private readonly policy: RecipientPolicy;
+  private readonly config: DispatcherOptions['config'];
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly failOpen: boolean;
+  private readonly chunkSize: number;
+  private readonly maxInFlight: number;
+  private readonly throttleRetryMs: [number, number];
+  private readonly unavailableRetryMs: number;
+  private readonly maxSleepMs: number;
+
+  private readonly tasks = new Map<string, Task>();
+  private running = false;
+  private loopDone: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+  private woken = false;
+  private abort = new AbortController();
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(options: DispatcherOptions) {
+    this.spool = options.spool;
+    this.transport = options.transport;
+    this.limiter = options.limiter;
+    this.policy = options.policy;
+    this.config = options.config;
+    this.logger = options.logger;
+    this.now = options.now ?? Date.now;
+    this.failOpen = options.failOpen ?? false;
+    this.chunkSize = Math.max(
+      1,
+      Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
+    );
+    this.maxInFlight = Math.max(1, options.config.poolSize * 2);
+    this.throttleRetryMs = options.throttleRetryMs ?? [1000, 5000];
+    this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
+    this.maxSleepMs = options.maxSleepMs ?? 5000;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.abort = new AbortController();
+    this.loopDone = this.loop().catch((err) => {
+      this.logger.fatal({ err }, 'dispatcher loop crashed');
+    });
+  }
+
+  /** New mail was stored (or something finished): look at the spool now. */
+  wake(): void {
+    this.woken = true;
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  /** Messages currently being delivered. */
+  get inFlight(): number {
+    return this.tasks.size;
+  }
+
+  /** Resolves when nothing is in flight and nothing is due now (tests). */
+  idle(): Promise<void> {
+    if (this.isIdle()) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private isIdle(): boolean {
+    if (this.tasks.size > 0) return false;
+    const next = this.spool.nextDueAt();
+    return next === undefined || next > this.now();
+  }
+
+  private checkIdle(): void {
+    if (!this.idleWaiters.length || !this.isIdle()) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private async loop(): Promise<void> {
+    while (this.running) {
+      this.woken = false;
+      const room = this.maxInFlight - this.tasks.size;
+      let leased: QueuedMessage[] = [];
+      if (room > 0) {
+        try {
+          leased = this.spool.lease(room, this.now());
+        } catch (err) {
+          if (!this.running) break;
+          this.logger.error({ err }, 'dispatcher: cannot lease from the spool');
+        }
+        for (const m of leased) this.begin(m);
+      }
+      if (!this.running) break;
+      if (leased.length > 0 && leased.length === room) {
+        // Possibly more due: wait for a free slot (a finishing task wakes us).
+        if (this.tasks.size >= this.maxInFlight) await this.sleepUntilWoken(this.maxSleepMs);
+        continue;
+      }
+      this.checkIdle();
+      if (this.woken) continue;
+      let next: number | undefined;
+      try {
+        next = this.spool.nextDueAt();
+      } catch {
+        next = undefined;
+      }
+      const delay =
+        next === undefined ? this.maxSleepMs : Math.max(0, Math.min(this.maxSleepMs, next - this.now()));
+      if (delay === 0 && this.tasks.size < this.maxInFlight) {
+        // Due now but nothing leasable (all leased): wait for a task to finish.
+        await this.sleepUntilWoken(this.tasks.size ? this.maxSleepMs : 50);
+      } else {
+        await this.sleepUntilWoken(delay);
+      }
+    }
+  }
+
+  private sleepUntilWoken(ms: number): Promise<void> {
+    if (this.woken || !this.running) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeUp = undefined;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private begin(message: QueuedMessage): void {
+    const task: Task = { message, promise: Promise.resolve(), abandoned: false, sending: false };
+    this.tasks.set(message.id, task);
+    task.promise = this.deliver(task)
+      .catch((err) => {
+        this.logger.error({ err, queueId: message.id }, 'dispatcher: delivery attempt failed unexpectedly');
+        if (!task.abandoned) {
+          try {
+            this.spool.release(message.id, this.now() + this.unavailableRetryMs);
+          } catch {
+            /* spool closing */
+          }
+        }
+      })
+      .finally(() => {
+        this.tasks.delete(message.id);
+        this.wake();
+        this.checkIdle();
+      });
+  }
+
+  /** One delivery attempt of one message. */
+  private async deliver(task: Task): Promise<void> {
+    const m = task.message;
+    const started = this.now();
+    const recipients = m.envelope.recipients;
+
+    if (started - m.reception.receivedAt > this.config.maxQueueAgeMs) {
+      const ageH = ((started - m.reception.receivedAt) / 3600_000).toFixed(1);
+      const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h)`;
+      const outcomes: RecipientOutcome[] = recipients.map((recipient) => ({
+        recipient,
+        status: 'expired',
+        reply,
+      }));
+      await this.settle(task, outcomes, []);
+      return;
+    }
+
+    // Policy: who may we send to?
+    let allowed: string[];
+    const outcomes: RecipientOutcome[] = [];
+    const deferrals: Deferral[] = [];
+    try {
+      const decision = await this.policy.check(recipients);
+      allowed = decision.allowed;
+      for (const s of decision.suppressed) {
+        outcomes.push({
+          recipient: s.recipient,
+          status: 'suppressed',
+          reply: `suppressed: ${s.matched} is on the suppression list${s.reason ? ` (${s.reason})` : ''}`,
+        });
+      }
+    } catch (err) {
+      if (!this.failOpen) {
+        const reply = `policy unavailable: ${(err as Error).message}`;
+        if (!(err instanceof PolicyUnavailableError))
+          this.logger.error({ err, queueId: m.id }, 'policy check failed');
+        for (const recipient of recipients) {
+          deferrals.push({
+            outcome: { recipient, status: 'deferred', reply },
+            reason: 'policy-unavailable',
+            counted: false,
+          });
+        }
+        await this.settle(task, [], deferrals);
+        return;
+      }
+      this.logger.warn(
+        { event: 'policy:fail-open', queueId: m.id, err: (err as Error).message },
+        'suppression list unavailable: sending anyway (BLOCKLIST_FAIL_OPEN)',
+      );
+      allowed = [...recipients];
+    }
+
+    let attempted = false;
+    for (let i = 0; i < allowed.length; i += this.chunkSize) {
+      const chunk = allowed.slice(i, i + this.chunkSize);
+      if (!this.running) {
+        if (!attempted && outcomes.length === 0) {
+          this.spool.release(m.id);
+          return;
+        }
+        for (const recipient of allowed.slice(i)) {
+          deferrals.push({
+            outcome: { recipient, status: 'deferred', reply: 'relay shutting down' },
+            reason: 'shutdown',
+            counted: false,
+          });
+        }
+        break;
+      }
+      try {
+        await this.limiter.acquire(chunk.length, this.abort.signal);
+      } catch (err) {
+        if (task.abandoned) return;
+        const shutdown = !this.running;
+        if (shutdown && !attempted && outcomes.length === 0) {
+          this.spool.release(m.id);
+          return;
+        }
+        const reason: DeferralReason = shutdown ? 'shutdown' : 'limiter-unavailable';
+        const reply = shutdown
+          ? 'relay shutting down'
+          : `rate limiter unavailable: ${(err as Error).message}`;
+        if (!shutdown && !(err instanceof LimiterUnavailableError)) {
+          this.logger.error({ err, queueId: m.id }, 'limiter refused a transaction');
+        }
+        for (const recipient of allowed.slice(i)) {
+          deferrals.push({ outcome: { recipient, status: 'deferred', reply }, reason, counted: false });
+        }
+        break;
+      }
+      attempted = true;
+      const results = await this.sendTransaction(task, chunk);
+      if (task.abandoned) return;
+      this.classify(results, outcomes, deferrals);
+    }
+    await this.settle(task, outcomes, deferrals);
+  }
+
+  private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
+    const m = task.message;
+    task.sending = true;
+    deliveryInFlight.inc();
+    const t0 = process.hrtime.bigint();
+    let results: RecipientResult[];
+    try {
+      results = await this.transport.send({
+        id: m.id,
+        mailFrom: m.envelope.mailFrom,
+        recipients,
+        body: () => this.spool.openBody(m.id),
+        size: m.size,
+      });
+    } catch (err) {
+      // Transports classify everything; a throw is a bug or an unreadable body: retry later.
+      this.logger.error({ err, queueId: m.id }, 'transport threw');
+      results = recipients.map((recipient) => ({
+        recipient,
+        class: 'transient' as const,
+        code: 0,
+        reply: `transport error: ${(err as Error).message}`,
+      }));
+    } finally {
+      task.sending = false;
+      deliveryInFlight.dec();
+    }
+    upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
+    const codes = new Set(results.map((r) => r.code));
+    for (const code of codes) upstreamReplies.inc({ code: String(code) });
+    if (results.some((r) => r.class === 'throttled')) this.limiter.throttled();
+    return results;
+  }
+
+  private classify(results: RecipientResult[], outcomes: RecipientOutcome[], deferrals: Deferral[]): void {
+    for (const r of results) {
+      const base = { recipient: r.recipient, reply: r.reply, code: r.code };
+      switch (r.class) {
+        case 'delivered':
+          outcomes.push({ ...base, status: 'delivered' });
+          break;
+        case 'permanent':
+          outcomes.push({ ...base, status: 'failed' });
+          break;
+        case 'throttled':
+          deferrals.push({
+            outcome: { ...base, status: 'deferred' },
+            reason: 'throttled-by-ses',
+            counted: false,
+          });
+          break;
+        case 'transient':
+          deferrals.push({
+            outcome: { ...base, status: 'deferred' },
+            reason: r.code === 0 ? 'network' : 'upstream-transient',
+            counted: true,
+          });
+          break;
+      }
+    }
+  }
+
+  private retryDelay(attempts: number, deferrals: Deferral[]): { delay: number; counted: boolean } {
+    if (deferrals.some((d) => d.counted)) {
+      const s = this.config.retryScheduleMs;
+      const base = s[Math.min(attempts, s.length - 1)] ?? 60_000;
+      return { delay: base + Math.random() * Math.min(base * 0.1, 5000), counted: true };
+    }
+    if (deferrals.some((d) => d.reason === 'throttled-by-ses')) {
+      const [lo, hi] = this.throttleRetryMs;
+      return { delay: lo + Math.random() * Math.max(0, hi - lo), counted: false };
+    }
+    if (deferrals.every((d) => d.reason === 'shutdown')) return { delay: 0, counted: false };
+    return { delay: this.unavailableRetryMs, counted: false };
+  }
+
+  private async settle(task: Task, outcomes: RecipientOutcome[], deferrals: Deferral[]): Promise<void> {
+    if (task.abandoned) return;
+    const m = task.message;
+    const all = [...outcomes, ...deferrals.map((d) => d.outcome)];
+    let retryAt: number | undefined;
+    let countAttempt = true;
+    if (deferrals.length) {
+      const { delay, counted } = this.retryDelay(m.attempts, deferrals);
+      retryAt = this.now() + delay;
+      countAttempt = counted;
+    }
+    await this.spool.settle(m.id, all, { retryAt, countAttempt });
+    this.record(m, all, deferrals, retryAt, countAttempt);
+  }
+
+  /** Metrics and one log line per status reached by this message in this attempt. */
+  private record(
+    m: QueuedMessage,
+    all: RecipientOutcome[],
+    deferrals: Deferral[],
+    retryAt: number | undefined,
+    countAttempt: boolean,
+  ): void {
+    const latencyMs = this.now() - m.reception.receivedAt;
+    const attempts = m.attempts + (countAttempt ? 1 : 0);
+    const by = (status: RecipientOutcome['status']) => all.filter((o) => o.status === status);
+    const line = (event: string, list: RecipientOutcome[], extra: Record<string, unknown> = {}) => {
+      const first = list[0];
+      return {
+        event,
+        queueId: m.id,
+        rcpts: list.map((o) => o.recipient),
+        code: first?.code,
+        reply: first?.reply,
+        attempts,
+        latencyMs,
+        ...extra,
+      };
+    };
+
+    const delivered = by('delivered');
+    if (delivered.length) {
+      messagesDelivered.inc();
+      recipientsDelivered.inc(delivered.length);
+      this.logger.info(line('message:delivered', delivered, { upstream: this.transport.name }), 'delivered');
+    }
+    const failed = by('failed');
+    if (failed.length) {
+      messagesFailed.inc();
+      recipientsFailed.inc(failed.length);
+      this.logger.warn(line('message:failed', failed), 'permanently refused upstream');
+    }
+    const suppressed = by('suppressed');
+    if (suppressed.length) {
+      recipientsSuppressed.inc(suppressed.length);
+      this.logger.info(
+        line('message:suppressed', suppressed),
+        'recipients on the suppression list, not sent',
+      );
+    }
+    const expired = by('expired');
+    if (expired.length) {
+      messagesExpired.inc();
+      this.logger.warn(line('message:expired', expired), 'expired: maximum queue age exceeded');
+    }
+    if (deferrals.length) {
+      const reasons = new Map<DeferralReason, number>();
+      for (const d of deferrals) reasons.set(d.reason, (reasons.get(d.reason) ?? 0) + 1);
+      for (const [reason, n] of reasons) {
+        messagesDeferred.inc({ reason });
+        recipientsDeferred.inc({ reason }, n);
+      }
+      const reasonList = [...reasons.keys()];
+      const level = reasonList.every((r) => r === 'shutdown') ? 'info' : 'warn';
+      this.logger[level](
+        line(
+          'message:deferred',
+          deferrals.map((d) => d.outcome),
+          { reason: reasonList.join(','), retryAt: retryAt ? new Date(retryAt).toISOString() : undefined },
+        ),
+        'deferred',
+      );
+    }
+  }
+
+  /**
+   * Stop leasing, abort limiter waits, let SMTP transactions in flight finish within `graceMs`, then
+   * release whatever is still leased (due again at once; after a restart anyway).
+   */
+  async stop(graceMs: number): Promise<void> {
+    if (!this.running && this.tasks.size === 0) return;
+    this.running = false;
+    this.abort.abort(new Error('dispatcher stopping'));
+    this.wake();
+    await this.loopDone;
+    const pending = [...this.tasks.values()];
+    if (pending.length) {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([
+        Promise.all(pending.map((t) => t.promise)).then(() => false),
+        new Promise<boolean>((r) => {
+          timer = setTimeout(() => r(true), Math.max(0, graceMs));
+        }),
+      ]);
+      clearTimeout(timer);
+      if (timedOut) {
+        for (const t of this.tasks.values()) {
+          t.abandoned = true;
+          try {
+            this.spool.release(t.message.id);
+          } catch {
+            /* spool already closed */
+          }
+          this.logger.warn(
+            { event: 'message:released', queueId: t.message.id, sending: t.sending },
+            'shutdown grace exceeded: message released to the spool (it may be sent again: at-least-once)',
+          );
+        }
+        this.tasks.clear();
+      }
+    }
+    // Let callers waiting for idle() go.
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+}
