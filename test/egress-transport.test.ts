@@ -118,6 +118,7 @@ describe('SesSmtpTransport against the fake SES', () => {
   it('classifies message-level replies', async () => {
     const cases: Array<[object, string, number]> = [
       [FAKE_REPLIES.throttling, 'throttled', 454],
+      [FAKE_REPLIES.dailyQuota, 'transient', 454],
       [FAKE_REPLIES.temporaryFailure, 'transient', 451],
       [FAKE_REPLIES.serviceUnavailable, 'transient', 421],
       [FAKE_REPLIES.messageRejected, 'permanent', 554],

@@ -11,6 +11,7 @@
  *
  * Every outcome is classified per recipient; `send` never throws for an SMTP or network outcome.
  */
+import net from 'node:net';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Logger } from '../observability/logger';
@@ -65,6 +66,9 @@ const AUTH_CODES = new Set([530, 534, 535, 538]);
 /** Class of an SMTP reply code from SES. */
 export function classifyCode(code: number, text: string): ReplyClass {
   if (code >= 200 && code < 300) return 'delivered';
+  // "454 Throttling failure: Daily message quota exceeded" is not a rate problem: slowing down does not
+  // help, so it follows the normal retry schedule.
+  if (code === 454 && /quota/i.test(text)) return 'transient';
   if (code === 454 && (/throttl/i.test(text) || !/auth/i.test(text))) return 'throttled';
   if (AUTH_CODES.has(code)) return 'transient'; // our configuration, never the message's fault
   if (code >= 400 && code < 500) return 'transient';
@@ -117,7 +121,7 @@ export class SesSmtpTransport implements Transport {
       tls: {
         rejectUnauthorized: true,
         minVersion: 'TLSv1.2',
-        servername: o.host,
+        ...(net.isIP(o.host) ? {} : { servername: o.host }),
         ...(o.tls?.ca ? { ca: o.tls.ca } : {}),
       },
       logger: false,
