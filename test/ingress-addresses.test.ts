@@ -49,6 +49,11 @@ describe('ingress address syntax over SMTP', () => {
       '553 5.1.7 Bad sender address syntax (domain label longer than 63 octets)',
     ],
     ['MAIL FROM:<x@-bad.example.com>', 553],
+    [
+      'MAIL FROM:<jürgen@example.com>',
+      553,
+      '553 5.1.7 Bad sender address syntax (non-ASCII local part (no SMTPUTF8 upstream))',
+    ],
     [`MAIL FROM:<${long64}@example.com>`, 250],
     ['MAIL FROM:<>', 250],
   ];
@@ -90,6 +95,7 @@ describe('checkAddress', () => {
     });
     assert.deepEqual(checkAddress('a@[192.0.2.1]', 'recipient'), { ok: true, address: 'a@[192.0.2.1]' });
     assert.equal(checkAddress('a @example.com', 'recipient').ok, false);
+    assert.equal(checkAddress('ü@example.com', 'recipient').ok, false);
     assert.equal(checkAddress(`a@${'c'.repeat(250)}.com`, 'recipient').ok, false);
   });
 });

@@ -168,3 +168,26 @@ describe('ingress SMTP_MAX_CLIENTS', () => {
     }
   });
 });
+
+describe('ingress SMTP_SOCKET_TIMEOUT', () => {
+  it('closes an idle session with 421 after the socket timeout', async () => {
+    const listener = createSmtpListener({
+      config: testIngressConfig({ socketTimeoutMs: 300 }),
+      spool: new MemorySpool(),
+      logger: silentLogger,
+    });
+    await listener.listen();
+    const c = await RawSmtpClient.connect(listener.address().port);
+    try {
+      await c.read();
+      await c.command('EHLO client.test');
+      const r = await c.read(5000);
+      assert.equal(r.code, 421);
+      assert.match(r.text, /^421 4\.4\.2 /);
+      assert.ok(await c.waitClosed(3000));
+    } finally {
+      c.close();
+      await listener.close(1000);
+    }
+  });
+});

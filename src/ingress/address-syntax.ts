@@ -12,10 +12,11 @@
  *
  * We then refuse (553, REPLIES.badSenderSyntax / badRecipientSyntax): a local part over 64 octets
  * (RFC 5321 4.5.3.1.1), a domain label over 63 octets or a domain over 253 octets after IDNA
- * conversion, labels starting or ending with `-`, a domain that is not valid IDNA, and a recipient
- * without a domain (the bare `postmaster` smtp-server lets through; a relay cannot route it).
- * Domains are stored in their ASCII (A-label, `xn--`) form, lower case, which SES accepts whether or
- * not the client used SMTPUTF8.
+ * conversion, labels starting or ending with `-`, a domain that is not valid IDNA, a recipient
+ * without a domain (the bare `postmaster` smtp-server lets through; a relay cannot route it), and a
+ * local part with non-ASCII characters: Amazon SES does not support SMTPUTF8 (RFC 6531), so such an
+ * address could never be delivered (the listener does not advertise SMTPUTF8 either). Domains are
+ * stored in their ASCII (A-label, `xn--`) form, lower case, which is what SES requires.
  */
 import { domainToASCII } from 'node:url';
 
@@ -57,6 +58,8 @@ export function checkAddress(address: string, kind: 'sender' | 'recipient'): Add
     return { ok: false, reason: 'local part longer than 64 octets' };
   }
   if (local.includes('@') && !/^".*"$/.test(local)) return { ok: false, reason: 'more than one @' };
+  // eslint-disable-next-line no-control-regex
+  if (/[^\x00-\x7f]/.test(local)) return { ok: false, reason: 'non-ASCII local part (no SMTPUTF8 upstream)' };
   const domain = checkDomain(address.slice(at + 1));
   if (!domain.ok) return domain;
   return { ok: true, address: `${local}@${domain.domain}` };

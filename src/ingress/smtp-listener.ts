@@ -208,6 +208,8 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     allowInsecureAuth: true,
     size: config.maxMessageSize,
     hideENHANCEDSTATUSCODES: false,
+    // Amazon SES does not support SMTPUTF8: do not invite clients to send non-ASCII addresses.
+    hideSMTPUTF8: true,
     // The PTR of the client adds nothing here and costs up to 1.5 s per connection with a slow DNS.
     disableReverseLookup: true,
     socketTimeout: config.socketTimeoutMs,
