@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../src/observability/logger';
 import { registry } from '../src/observability/metrics';
@@ -9,6 +12,64 @@ import { SuppressionList } from '../src/policy/suppression-list';
 import { startDynalite, TEST_CREDENTIALS, TEST_REGION, type Dynalite } from './helpers/dynalite';
 
 const TABLE = 'suppression-test';
+
+/**
+ * A DynamoDB that processes only part of each BatchGetItem, like a throttled table: an HTTP proxy in front of
+ * dynalite forwards the first `processed(n)` keys and returns the rest as UnprocessedKeys.
+ */
+async function startPartialProxy(target: string, processed: (requested: number) => number) {
+  let batchRequests = 0;
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', async () => {
+      const op = String(req.headers['x-amz-target'] ?? '');
+      let body = Buffer.concat(chunks).toString('utf8');
+      const unprocessed: Record<string, { Keys: unknown[] }> = {};
+      let forwardedKeys = -1; // -1: not a BatchGetItem, forward as is
+      if (op.endsWith('.BatchGetItem')) {
+        batchRequests++;
+        forwardedKeys = 0;
+        const parsed = JSON.parse(body) as { RequestItems: Record<string, { Keys: unknown[] }> };
+        for (const [table, spec] of Object.entries(parsed.RequestItems)) {
+          const n = processed(spec.Keys.length);
+          if (n < spec.Keys.length) unprocessed[table] = { ...spec, Keys: spec.Keys.slice(n) };
+          spec.Keys = spec.Keys.slice(0, n);
+          if (n === 0) delete parsed.RequestItems[table];
+          forwardedKeys += n;
+        }
+        body = JSON.stringify(parsed);
+      }
+      let out: Record<string, unknown> = { Responses: {} };
+      if (forwardedKeys !== 0) {
+        const upstream = await fetch(target, {
+          method: 'POST',
+          // The original signature headers; dynalite checks their presence, not the (now stale) signature.
+          headers: Object.fromEntries(
+            Object.entries(req.headers)
+              .filter(([k]) => !['content-length', 'host', 'connection'].includes(k))
+              .map(([k, v]) => [k, String(v)]),
+          ),
+          body,
+        });
+        out = (await upstream.json()) as Record<string, unknown>;
+      }
+      if (Object.keys(unprocessed).length > 0) out.UnprocessedKeys = unprocessed;
+      const text = JSON.stringify(out);
+      res.writeHead(200, {
+        'content-type': 'application/x-amz-json-1.0',
+        'content-length': Buffer.byteLength(text),
+      });
+      res.end(text);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    batchRequests: () => batchRequests,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
 
 async function metric(name: string): Promise<number> {
   const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
@@ -190,6 +251,48 @@ describe('SuppressionList against dynalite', () => {
     lists.push(list);
     await assert.rejects(list.check(['a@example.com']), PolicyUnavailableError);
     assert.equal(list.healthy(), false);
+  });
+
+  test('UnprocessedKeys are retried until every key is answered', async () => {
+    // Half of the keys of each request processed (rounded up): 4 keys -> 2, 1, 1.
+    const proxy = await startPartialProxy(db.endpoint, (n) => Math.ceil(n / 2));
+    const client = new DynamoDBClient({
+      endpoint: proxy.endpoint,
+      region: TEST_REGION,
+      credentials: TEST_CREDENTIALS,
+    });
+    const list = make(0, { client, unprocessedBackoffMs: 1 });
+    try {
+      const d = await list.check(['ok@example.com', 'Bounced@example.com', 'x@blocked.example']);
+      assert.deepEqual(d.allowed, ['ok@example.com']);
+      assert.deepEqual(
+        d.suppressed.map((x) => x.matched),
+        ['bounced@example.com', '@blocked.example'],
+      );
+      assert.equal(proxy.batchRequests(), 3);
+      assert.equal(list.healthy(), true);
+    } finally {
+      client.destroy();
+      await proxy.close();
+    }
+  });
+
+  test('keys still unprocessed after the bounded retries: PolicyUnavailableError', async () => {
+    const proxy = await startPartialProxy(db.endpoint, () => 0);
+    const client = new DynamoDBClient({
+      endpoint: proxy.endpoint,
+      region: TEST_REGION,
+      credentials: TEST_CREDENTIALS,
+    });
+    const list = make(0, { client, unprocessedBackoffMs: 1, maxUnprocessedRetries: 3 });
+    try {
+      await assert.rejects(list.check(['a@example.com']), PolicyUnavailableError);
+      assert.equal(proxy.batchRequests(), 4, 'one request and 3 retries, then give up');
+      assert.equal(list.healthy(), false);
+    } finally {
+      client.destroy();
+      await proxy.close();
+    }
   });
 
   test('empty recipient list costs nothing', async () => {
