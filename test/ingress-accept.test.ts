@@ -149,3 +149,31 @@ describe('ingress: log line and metrics per accepted message', () => {
     }
   });
 });
+
+describe('ingress sessions gauge', () => {
+  it('counts open sessions in ses_relay_smtp_sessions', async () => {
+    const listener = createSmtpListener({
+      config: testIngressConfig(),
+      spool: new MemorySpool(),
+      logger: silentLogger,
+    });
+    await listener.listen();
+    const base = await metricValue('ses_relay_smtp_sessions');
+    const c = await RawSmtpClient.connect(listener.address().port);
+    try {
+      await c.read();
+      assert.equal((await metricValue('ses_relay_smtp_sessions')) - base, 1);
+      assert.equal(listener.activeSessions(), 1);
+      await c.command('QUIT');
+      assert.ok(await c.waitClosed());
+      const deadline = Date.now() + 3000;
+      while ((await metricValue('ses_relay_smtp_sessions')) !== base && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(await metricValue('ses_relay_smtp_sessions'), base);
+    } finally {
+      c.close();
+      await listener.close(1000);
+    }
+  });
+});
