@@ -295,6 +295,14 @@ describe('SuppressionList against dynalite', () => {
     }
   });
 
+  test('an address longer than a DynamoDB key cannot be listed and does not fail the batch', async () => {
+    const list = make(0);
+    const long = `${'x'.repeat(2100)}@example.com`;
+    const d = await list.check([long, 'bounced@example.com']);
+    assert.deepEqual(d.allowed, [long]);
+    assert.equal(d.suppressed.length, 1);
+  });
+
   test('empty recipient list costs nothing', async () => {
     const list = make();
     db.resetRequests();

@@ -26,6 +26,9 @@ import { PolicyUnavailableError, type PolicyDecision, type RecipientPolicy } fro
 /** DynamoDB's limit of keys in one BatchGetItem. */
 export const BATCH_GET_MAX_KEYS = 100;
 
+/** DynamoDB's limit for a partition key value: longer keys cannot be in the table (and would fail the batch). */
+const MAX_KEY_BYTES = 2048;
+
 export interface SuppressionListOptions {
   client: DynamoDBClient;
   table: string;
@@ -80,6 +83,7 @@ export class SuppressionList implements RecipientPolicy {
     for (const key of new Set(keysOf.flat())) {
       const cached = this.cache?.get(key);
       if (cached) known.set(key, cached);
+      else if (Buffer.byteLength(key) > MAX_KEY_BYTES) known.set(key, { suppressed: false });
       else missing.push(key);
     }
     suppressionCacheHits.inc(known.size);
