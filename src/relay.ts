@@ -10,7 +10,8 @@ import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
 import { setGreetingDelay } from './ingress/greeting-delay';
 import type { Authenticator } from './ingress/authenticator';
-import { allowAll, type RecipientPolicy } from './policy/policy';
+import type { RecipientPolicy } from './policy/policy';
+import { createDynamoPolicy } from './policy/policy-factory';
 import type { RecipientLimiter } from './egress/limiter';
 import { LocalLimiter } from './egress/local-limiter';
 import type { Transport } from './egress/transport';
@@ -54,11 +55,13 @@ function wakingSpool(spool: Spool, wake: () => void): Spool {
   });
 }
 
-async function buildPolicy(
+/** Suppression list (USE_BLOCKLIST) and API-key AUTH (USE_APIKEY) from DynamoDB; allow-all otherwise. */
+function buildPolicy(
   config: Config,
-  _logger: Logger,
-): Promise<{ policy: RecipientPolicy; authenticator?: Authenticator }> {
-  return { policy: allowAll };
+  logger: Logger,
+): { policy: RecipientPolicy; authenticator?: Authenticator } {
+  const { policy, apiKeys } = createDynamoPolicy(config.policy, logger);
+  return { policy, authenticator: apiKeys };
 }
 
 async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLimiter> {
@@ -98,7 +101,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     logger,
   });
   registerQueueMetrics(spool);
-  const { policy, authenticator } = await buildPolicy(config, logger);
+  const { policy, authenticator } = buildPolicy(config, logger);
   const limiter = await buildLimiter(config, logger);
   const transport = buildTransport(config, options);
   if (!config.egress.sesHost) {
