@@ -174,6 +174,33 @@ describe('SesSmtpTransport against the fake SES', () => {
     assert.equal(new Set(ses.messages.map((m) => m.connectionId)).size, 2);
   });
 
+  it('an unreadable spooled body is transient and sends nothing', async () => {
+    ses.reset();
+    const missing: Transaction = {
+      ...tx(['a@example.com']),
+      body: () => {
+        throw new Error('spool has no message Q1');
+      },
+    };
+    const broken: Transaction = {
+      ...tx(['a@example.com']),
+      body: () =>
+        new Readable({
+          read() {
+            this.push('Subject: half\r\n');
+            this.destroy(new Error('EIO'));
+          },
+        }),
+    };
+    for (const bad of [missing, broken]) {
+      const res = await t.send(bad);
+      assert.deepEqual([res[0].class, res[0].code], ['transient', 0]);
+      assert.match(res[0].reply, /body unreadable/);
+    }
+    assert.equal(ses.messages.length, 0);
+    assert.equal((await t.send(tx(['a@example.com'])))[0].class, 'delivered', 'the pool still works');
+  });
+
   it('AUTH failure is transient (mail stays queued)', async () => {
     const bad = transport(ses, { password: 'wrong' });
     const res = await bad.send(tx(['a@example.com']));

@@ -14,6 +14,7 @@
 import net from 'node:net';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type SMTPPool from 'nodemailer/lib/smtp-pool';
+import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger';
 import type { ReplyClass } from '../types';
 import type { RecipientResult, Transaction, Transport } from './transport';
@@ -158,11 +159,17 @@ export class SesSmtpTransport implements Transport {
 
   async send(tx: Transaction): Promise<RecipientResult[]> {
     if (this.closed) return this.all(tx, 'transient', 0, 'transport closed');
+    let body: Readable;
+    try {
+      body = tx.body();
+    } catch (err) {
+      this.logger.error({ err, queueId: tx.id }, 'cannot open the spooled body');
+      return this.all(tx, 'transient', 0, `spooled body unreadable: ${(err as Error).message}`);
+    }
+    let bodyError: Error | undefined;
+    body.once('error', (err) => (bodyError = err));
     const gen = this.pool();
     gen.inFlight++;
-    let bodyError: Error | undefined;
-    const body = tx.body();
-    body.once('error', (err) => (bodyError = err));
     try {
       const info = (await gen.transporter.sendMail({
         envelope: { from: tx.mailFrom, to: tx.recipients },
