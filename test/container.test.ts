@@ -140,6 +140,9 @@ async function runRelayContainer(
     // Host network: the container reaches the fake SES on 127.0.0.1 and the test reaches the relay.
     '--network',
     'host',
+    // No systemd timer for the HEALTHCHECK here; the test runs it itself (podman healthcheck run).
+    '--health-interval',
+    'disable',
     '--volume',
     `${volume}:/var/spool/ses-relay`,
     '--volume',
@@ -172,14 +175,12 @@ async function stopContainer(name: string): Promise<{ exitCode: number; logs: st
   return { exitCode: Number(state.stdout.trim()), logs: logs.stdout + logs.stderr, ms };
 }
 
-function listFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+/** Files under root, as paths relative to it. */
+function listFiles(root: string, dir = root): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
     const p = path.join(dir, entry.name);
-    if (entry.isDirectory()) out.push(...listFiles(p));
-    else out.push(path.relative(dir, p));
-  }
-  return out;
+    return entry.isDirectory() ? listFiles(root, p) : [path.relative(root, p)];
+  });
 }
 
 test(
@@ -293,12 +294,14 @@ test(
       // SES defers the next message once (451): it stays queued for the retry 8 s later.
       ses.queueData(FAKE_REPLIES.temporaryFailure);
       await sendMail(relay.smtpPort, ['later@example.com'], 'container deferred');
+      let deferred = 0;
       const deadline = Date.now() + 15_000;
-      while (Date.now() < deadline) {
-        const text = await (await fetch(`${metricsUrl}/metrics`)).text();
-        if (metricValue(text, 'ses_relay_messages_deferred_total') >= 1) break;
+      while (deferred < 1 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 200));
+        const text = await (await fetch(`${metricsUrl}/metrics`)).text();
+        deferred = metricValue(text, 'ses_relay_messages_deferred_total');
       }
+      assert.equal(deferred, 1, 'SES deferred the message once');
       assert.equal(ses.messages.length, 2, 'the deferred message was not delivered yet');
 
       const stop = await stopContainer(first);

@@ -336,6 +336,50 @@ describe('metrics named by the dashboard and the alerts exist in a running relay
   test('docs/operations.md', () => check('docs/operations.md'));
 });
 
+describe('docs/operations.md', () => {
+  const docs = read('docs/operations.md');
+
+  test('every log event it names is one the relay logs', () => {
+    const source = listSources(path.join(ROOT, 'src'))
+      .map((f) => fs.readFileSync(f, 'utf8'))
+      .join('\n');
+    const section = docs.slice(docs.indexOf('### The log lines'), docs.indexOf('### The metrics to look at'));
+    const events = [...new Set([...section.matchAll(/`([a-z]+:[a-z-]+)`/g)].map((m) => m[1]))];
+    assert.ok(events.length >= 8, 'the log lines table');
+    const missing = events.filter((e) => !source.includes(`'${e}'`));
+    assert.deepEqual(missing, [], 'log events named in docs/operations.md but never logged');
+  });
+
+  test('every VAR=value it shows is a variable the relay reads', () => {
+    const names = [...docs.matchAll(/\b([A-Z][A-Z0-9_]{2,})=/g)].map((m) => m[1]);
+    assert.ok(names.length > 3);
+    assertKnownVariables(
+      names.filter((n) => !['VERSION', 'REVISION', 'SOURCE', 'NODE_IMAGE'].includes(n)),
+      'docs/operations.md',
+    );
+  });
+
+  test('links to the Kubernetes example, the compose stack and the assets', () => {
+    for (const link of [
+      'k8s/ses-relay.yaml',
+      '../docker/relay.env.example',
+      '../docker/prometheus/alerts.yml',
+      '../docker/grafana/dashboards/ses-relay.json',
+      '../.drone.yml',
+    ]) {
+      assert.ok(docs.includes(`(${link})`), `links ${link}`);
+      assert.ok(fs.existsSync(path.join(ROOT, 'docs', link)), `${link} exists`);
+    }
+  });
+});
+
+function listSources(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    return e.isDirectory() ? listSources(p) : p.endsWith('.ts') ? [p] : [];
+  });
+}
+
 describe('compose stack, Kubernetes example, image', () => {
   test('docker/compose.yaml names the whole local stack', () => {
     const compose = YAML.parse(read('docker/compose.yaml')) as { services: Record<string, Obj> };
