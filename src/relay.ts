@@ -10,6 +10,8 @@ import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
 import { setGreetingDelay } from './ingress/greeting-delay';
 import type { Authenticator } from './ingress/authenticator';
+import { authenticatorChain } from './ingress/authenticator-chain';
+import { StaticUserAuthenticator } from './ingress/static-users';
 import type { RecipientPolicy } from './policy/policy';
 import { createDynamoPolicy } from './policy/policy-factory';
 import type { RecipientLimiter } from './egress/limiter';
@@ -61,7 +63,8 @@ function buildPolicy(
   logger: Logger,
 ): { policy: RecipientPolicy; authenticator?: Authenticator } {
   const { policy, apiKeys } = createDynamoPolicy(config.policy, logger);
-  return { policy, authenticator: apiKeys };
+  const users = config.ingress.users.length ? [new StaticUserAuthenticator(config.ingress.users)] : [];
+  return { policy, authenticator: authenticatorChain([...users, ...(apiKeys ? [apiKeys] : [])]) };
 }
 
 async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLimiter> {
@@ -108,6 +111,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     logger.warn(
       { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
       `AWS_SMTP_HOST is not set: embedded mode, mail is delivered as .eml files into ${config.egress.outboxDir} (nothing is sent to SES)`,
+    );
+  }
+  const authConfigured = config.ingress.users.length > 0 || config.policy.useApiKey;
+  if (authConfigured && !config.ingress.tls && !config.ingress.allowInsecureAuth) {
+    logger.warn(
+      { event: 'relay:auth-without-tls' },
+      'AUTH is required but no TLS certificate is set: clients outside SMTP_TRUSTED_NETWORKS cannot authenticate (538 5.7.11). Set SSL_CERT_PATH and SSL_KEY_PATH, or SMTP_ALLOW_INSECURE_AUTH=true behind a TLS-terminating proxy.',
     );
   }
   const dispatcher = new Dispatcher({

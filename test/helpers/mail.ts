@@ -22,7 +22,7 @@ export function relayClient(port: number, maxConnections = 5) {
 }
 
 export function queueIdOf(response: string): string | undefined {
-  return /queued as ([A-Za-z0-9]+)/.exec(response)?.[1];
+  return /queued as (\S+)/.exec(response)?.[1];
 }
 
 /** A message whose subject and body carry `marker`, so the fake SES side can match it. */
