@@ -4,7 +4,9 @@
  * take that many tokens from the recipient limiter, send, classify each recipient's reply and settle
  * the outcome in the spool.
  *
- * - At most `poolSize * 2` messages are in flight; the backlog stays on disk (never loaded whole).
+ * - At most `poolSize * 2` messages are in flight (policy lookups overlap with sending) and at most
+ *   `poolSize` SMTP transactions; a transaction takes a connection slot before its limiter tokens, so
+ *   tokens are spent only when a connection is free to use them at once. The backlog stays on disk.
  * - Between batches the loop sleeps until the spool's next due time, a finished delivery, or `wake()`
  *   (the ingress calls it after each store, so new mail leaves at once).
  * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
@@ -96,6 +98,9 @@ export class Dispatcher {
   private woken = false;
   private abort = new AbortController();
   private idleWaiters: Array<() => void> = [];
+  /** Free SMTP transaction slots (one per pooled connection) and who waits for one. */
+  private sendSlotsFree: number;
+  private readonly slotWaiters: Array<() => void> = [];
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
@@ -111,6 +116,7 @@ export class Dispatcher {
       Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
     );
     this.maxInFlight = Math.max(1, options.config.poolSize * 2);
+    this.sendSlotsFree = Math.max(1, options.config.poolSize);
     this.throttleRetryMs = options.throttleRetryMs ?? [1000, 5000];
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
     this.maxSleepMs = options.maxSleepMs ?? 5000;
@@ -302,9 +308,15 @@ export class Dispatcher {
         }
         break;
       }
+      let slot = false;
       try {
+        // A connection slot first, then the tokens: tokens are never spent on a transaction that
+        // would then queue inside the pool waiting for a connection (and reach SES in a bunch).
+        await this.acquireSendSlot(this.abort.signal);
+        slot = true;
         await this.limiter.acquire(chunk.length, this.abort.signal);
       } catch (err) {
+        if (slot) this.releaseSendSlot();
         if (task.abandoned) return;
         const shutdown = !this.running;
         if (shutdown && !attempted && outcomes.length === 0) {
@@ -324,11 +336,44 @@ export class Dispatcher {
         break;
       }
       attempted = true;
-      const results = await this.sendTransaction(task, chunk);
+      let results: RecipientResult[];
+      try {
+        results = await this.sendTransaction(task, chunk);
+      } finally {
+        this.releaseSendSlot();
+      }
       if (task.abandoned) return;
       this.classify(results, outcomes, deferrals);
     }
     await this.settle(task, outcomes, deferrals);
+  }
+
+  /** Wait for one of the poolSize send slots (SMTP transactions in progress). */
+  private acquireSendSlot(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(new Error('dispatcher stopping'));
+    if (this.sendSlotsFree > 0) {
+      this.sendSlotsFree--;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const waiter = () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = this.slotWaiters.indexOf(waiter);
+        if (i >= 0) this.slotWaiters.splice(i, 1);
+        reject(new Error('dispatcher stopping'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.slotWaiters.push(waiter);
+    });
+  }
+
+  private releaseSendSlot(): void {
+    const next = this.slotWaiters.shift();
+    if (next) next();
+    else this.sendSlotsFree++;
   }
 
   private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
