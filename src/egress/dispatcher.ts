@@ -22,19 +22,8 @@ import type { QueuedMessage, Spool } from '../spool/spool';
 import type { DeferralReason, RecipientOutcome } from '../types';
 import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
-import {
-  deliveryInFlight,
-  messagesDeferred,
-  messagesDelivered,
-  messagesExpired,
-  messagesFailed,
-  recipientsDeferred,
-  recipientsDelivered,
-  recipientsFailed,
-  recipientsSuppressed,
-  upstreamLatency,
-  upstreamReplies,
-} from './egress-metrics';
+import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
+import { reportAttempt, type Deferral } from './delivery-report';
 
 export interface DispatcherOptions {
   spool: Spool;
@@ -57,14 +46,6 @@ export interface DispatcherOptions {
   unavailableRetryMs?: number;
   /** Longest sleep between spool polls when nothing is due (default 5 s). */
   maxSleepMs?: number;
-}
-
-/** A deferred recipient with why, before it becomes a RecipientOutcome. */
-interface Deferral {
-  outcome: RecipientOutcome;
-  reason: DeferralReason;
-  /** Counts towards the retry schedule. */
-  counted: boolean;
 }
 
 interface Task {
@@ -464,77 +445,16 @@ export class Dispatcher {
       countAttempt = counted;
     }
     await this.spool.settle(m.id, all, { retryAt, countAttempt });
-    this.record(m, all, deferrals, retryAt, countAttempt);
-  }
-
-  /** Metrics and one log line per status reached by this message in this attempt. */
-  private record(
-    m: QueuedMessage,
-    all: RecipientOutcome[],
-    deferrals: Deferral[],
-    retryAt: number | undefined,
-    countAttempt: boolean,
-  ): void {
-    const latencyMs = this.now() - m.reception.receivedAt;
-    const attempts = m.attempts + (countAttempt ? 1 : 0);
-    const by = (status: RecipientOutcome['status']) => all.filter((o) => o.status === status);
-    const line = (event: string, list: RecipientOutcome[], extra: Record<string, unknown> = {}) => {
-      const first = list[0];
-      return {
-        event,
-        queueId: m.id,
-        rcpts: list.map((o) => o.recipient),
-        code: first?.code,
-        reply: first?.reply,
-        attempts,
-        latencyMs,
-        ...extra,
-      };
-    };
-
-    const delivered = by('delivered');
-    if (delivered.length) {
-      messagesDelivered.inc();
-      recipientsDelivered.inc(delivered.length);
-      this.logger.info(line('message:delivered', delivered, { upstream: this.transport.name }), 'delivered');
-    }
-    const failed = by('failed');
-    if (failed.length) {
-      messagesFailed.inc();
-      recipientsFailed.inc(failed.length);
-      this.logger.warn(line('message:failed', failed), 'permanently refused upstream');
-    }
-    const suppressed = by('suppressed');
-    if (suppressed.length) {
-      recipientsSuppressed.inc(suppressed.length);
-      this.logger.info(
-        line('message:suppressed', suppressed),
-        'recipients on the suppression list, not sent',
-      );
-    }
-    const expired = by('expired');
-    if (expired.length) {
-      messagesExpired.inc();
-      this.logger.warn(line('message:expired', expired), 'expired: maximum queue age exceeded');
-    }
-    if (deferrals.length) {
-      const reasons = new Map<DeferralReason, number>();
-      for (const d of deferrals) reasons.set(d.reason, (reasons.get(d.reason) ?? 0) + 1);
-      for (const [reason, n] of reasons) {
-        messagesDeferred.inc({ reason });
-        recipientsDeferred.inc({ reason }, n);
-      }
-      const reasonList = [...reasons.keys()];
-      const level = reasonList.every((r) => r === 'shutdown') ? 'info' : 'warn';
-      this.logger[level](
-        line(
-          'message:deferred',
-          deferrals.map((d) => d.outcome),
-          { reason: reasonList.join(','), retryAt: retryAt ? new Date(retryAt).toISOString() : undefined },
-        ),
-        'deferred',
-      );
-    }
+    reportAttempt({
+      logger: this.logger,
+      upstream: this.transport.name,
+      message: m,
+      outcomes: all,
+      deferrals,
+      retryAt,
+      countAttempt,
+      now: this.now(),
+    });
   }
 
   /**
