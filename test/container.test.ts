@@ -8,7 +8,7 @@
  * Machines without podman/runc (or without root for debootstrap when the base image is missing) SKIP
  * this test with the reason printed; it never passes silently.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -23,6 +23,19 @@ const IMAGE = 'localhost/ses-email-service:test';
 const PODMAN_FLAGS = ['--runtime', 'runc', '--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=1000:1000'];
 const TAG = `${process.pid}-${Date.now().toString(36)}`;
 
+/** Commands running now and containers started, so a runner timeout (SIGTERM) leaves nothing behind. */
+const children = new Set<ChildProcess>();
+const containers = new Set<string>();
+const volumes = new Set<string>();
+process.once('SIGTERM', () => {
+  for (const child of children) child.kill('SIGKILL');
+  for (const name of containers) {
+    spawnSync('podman', ['rm', '--force', '--time', '0', name], { stdio: 'ignore' });
+  }
+  for (const name of volumes) spawnSync('podman', ['volume', 'rm', '--force', name], { stdio: 'ignore' });
+  process.exit(143);
+});
+
 interface RunResult {
   code: number | null;
   stdout: string;
@@ -33,6 +46,7 @@ interface RunResult {
 function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
@@ -42,10 +56,12 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<RunResult
       child.kill('SIGKILL');
     }, timeoutMs);
     child.once('error', (err) => {
+      children.delete(child);
       clearTimeout(timer);
       resolve({ code: null, stdout, stderr: stderr + String(err) });
     });
     child.once('close', (code) => {
+      children.delete(child);
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
@@ -65,7 +81,7 @@ async function containerBlocker(): Promise<string | undefined> {
   if (podman.code !== 0) return 'podman is not installed (apt-get install podman runc)';
   const runc = await run('runc', ['--version'], 15_000);
   if (runc.code !== 0) return 'runc is not installed (apt-get install runc)';
-  if ((await run('podman', ['image', 'exists', BASE_IMAGE])).code === 0) return undefined;
+  if ((await run('podman', ['image', 'exists', BASE_IMAGE])).code === 0) return canRunContainers();
   if (process.getuid?.() !== 0) {
     return `base image ${BASE_IMAGE} is missing and building it needs root (debootstrap): run scripts/container-base-image.sh as root`;
   }
@@ -76,7 +92,18 @@ async function containerBlocker(): Promise<string | undefined> {
   if (base.code !== 0) {
     return `building ${BASE_IMAGE} failed (no Debian mirror reachable?):\n${tail(base.stderr, 15)}`;
   }
-  return undefined;
+  return canRunContainers();
+}
+
+/** podman is installed, but can it run a container here (nested in an unprivileged container, say)? */
+async function canRunContainers(): Promise<string | undefined> {
+  const probe = await run(
+    'podman',
+    ['run', '--rm', ...PODMAN_FLAGS, '--network', 'host', BASE_IMAGE, 'node', '-e', '0'],
+    60_000,
+  );
+  if (probe.code === 0) return undefined;
+  return `podman cannot run containers on this machine:\n${tail(probe.stderr, 10)}`;
 }
 
 async function waitForHttp(url: string, container: string, timeoutMs: number): Promise<Response> {
@@ -252,16 +279,18 @@ test(
 
     const ses = await startFakeSes();
     const volume = `ses-relay-test-spool-${TAG}`;
-    const containers: string[] = [];
     t.after(async () => {
       for (const name of containers) await run('podman', ['rm', '--force', '--time', '0', name]);
+      containers.clear();
       await run('podman', ['volume', 'rm', '--force', volume]);
+      volumes.delete(volume);
       await ses.close();
     });
+    volumes.add(volume);
     assert.equal((await run('podman', ['volume', 'create', volume])).code, 0);
 
     const first = `ses-relay-test-a-${TAG}`;
-    containers.push(first);
+    containers.add(first);
     // A long first retry delay: the deferred message is still queued when the container stops.
     const relay = await runRelayContainer(first, volume, ses, { RETRY_SCHEDULE: '8s,8s' });
     const metricsUrl = `http://127.0.0.1:${relay.metricsPort}`;
@@ -284,7 +313,13 @@ test(
     });
 
     await t.test('/metrics counts what went through', async () => {
-      const text = await (await fetch(`${metricsUrl}/metrics`)).text();
+      // SES's 250 reaches the fake before the relay has settled the delivery: poll briefly.
+      let text = '';
+      for (let i = 0; i < 50; i++) {
+        text = await (await fetch(`${metricsUrl}/metrics`)).text();
+        if (metricValue(text, 'ses_relay_recipients_delivered_total') >= 3) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
       assert.ok(metricValue(text, 'ses_relay_messages_received_total') >= 2, 'messages received');
       assert.ok(metricValue(text, 'ses_relay_recipients_delivered_total') >= 3, 'recipients delivered');
       assert.ok(metricValue(text, 'ses_relay_process_resident_memory_bytes') > 0, 'default process metrics');
@@ -319,7 +354,7 @@ test(
 
     await t.test('a new container on the same volume delivers the queued message', async () => {
       const second = `ses-relay-test-b-${TAG}`;
-      containers.push(second);
+      containers.add(second);
       const again = await runRelayContainer(second, volume, ses, { RETRY_SCHEDULE: '1s' });
       await waitForHttp(`http://127.0.0.1:${again.metricsPort}/healthz`, second, 45_000);
       await ses.waitFor(3, 40_000);
