@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { createLogger } from '../src/observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../src/policy/policy';
+import { Dispatcher } from '../src/egress/dispatcher';
+import { LimiterUnavailableError, type RecipientLimiter } from '../src/egress/limiter';
 import { FAKE_REPLIES } from './helpers/fake-ses';
 import { startEgress, waitUntil, type EgressHarnessOptions } from './helpers/egress-harness';
 
@@ -174,5 +176,48 @@ describe('Dispatcher: upstream replies', () => {
     assert.equal(deferred.code, 535);
     assert.ok(log.lines.some((l) => l.event === 'transport:auth-failed' && l.level === 'error'));
     assert.equal(h.spool.counts().pending, 1);
+  });
+
+  it('an unavailable limiter defers without counting, then delivery resumes', async (t) => {
+    const { h, log, waitEvent } = await withEgress({ paused: true }, t);
+    let up = false;
+    const limiter: RecipientLimiter = {
+      acquire: async (n, signal) => {
+        if (!up) throw new LimiterUnavailableError('redis unreachable');
+        return h.limiter.acquire(n, signal);
+      },
+      throttled: () => h.limiter.throttled(),
+      status: () => ({ ...h.limiter.status(), available: up }),
+      stop: async () => {},
+    };
+    const dispatcher = new Dispatcher({
+      spool: h.spool,
+      transport: h.transport,
+      limiter,
+      policy: {
+        check: async (r) => ({ allowed: r, suppressed: [] }),
+        healthy: () => true,
+        close: async () => {},
+      },
+      config: {
+        retryScheduleMs: [100],
+        maxQueueAgeMs: 3600_000,
+        poolSize: 2,
+        maxRecipientsPerTransaction: 50,
+      },
+      burst: 50,
+      logger: log.logger,
+      unavailableRetryMs: 100,
+    });
+    t.after(() => dispatcher.stop(1000));
+    dispatcher.start();
+    const id = await h.store(['x@example.com']);
+    dispatcher.wake();
+    const deferred = await waitEvent(id, 'message:deferred');
+    assert.equal(deferred.reason, 'limiter-unavailable');
+    assert.equal(h.ses.messages.length, 0);
+    up = true;
+    const delivered = await waitEvent(id, 'message:delivered');
+    assert.equal(delivered.attempts, 1);
   });
 });
