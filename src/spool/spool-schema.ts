@@ -70,7 +70,6 @@ export interface RecipientRow {
   code: number | null;
 }
 
-
 export type SpoolStatements = ReturnType<typeof prepareStatements>;
 
 export function prepareStatements(db: Database.Database) {
@@ -117,9 +116,7 @@ export function prepareStatements(db: Database.Database) {
       `UPDATE messages SET state = 'failed', finished_at = ?, attempts = ?, pending_recipients = 0
         WHERE id = ?`,
     ),
-    failed: db.prepare(
-      `SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`,
-    ),
+    failed: db.prepare(`SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`),
     expiredFailed: db.prepare(
       `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
     ),

@@ -140,10 +140,7 @@ export class SqliteSpool implements Spool {
       spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
     }, PRUNE_INTERVAL);
     spool.pruneTimer.unref();
-    logger.info(
-      { dir, pending: spool.pendingMessages, failed: spool.failedMessages },
-      'spool opened',
-    );
+    logger.info({ dir, pending: spool.pendingMessages, failed: spool.failedMessages }, 'spool opened');
     return spool;
   }
 
@@ -203,9 +200,7 @@ export class SqliteSpool implements Spool {
             receivedAt,
             recipients.length,
           );
-          recipients.forEach((recipient, position) =>
-            this.stmt.insertRecipient.run(id, position, recipient),
-          );
+          recipients.forEach((recipient, position) => this.stmt.insertRecipient.run(id, position, recipient));
           if (read.content) this.stmt.insertBody.run(id, read.content);
           return {
             value: undefined,
@@ -270,7 +265,11 @@ export class SqliteSpool implements Spool {
     return Readable.from([data], { objectMode: false });
   }
 
-  async settle(id: MessageId, outcomes: RecipientOutcome[], options: SettleOptions = {}): Promise<MessageState> {
+  async settle(
+    id: MessageId,
+    outcomes: RecipientOutcome[],
+    options: SettleOptions = {},
+  ): Promise<MessageState> {
     const now = Date.now();
     const anyDeferred = outcomes.some((o) => o.status === 'deferred');
     if (anyDeferred && options.retryAt === undefined) {
