@@ -4,8 +4,10 @@
  * relay drains it to a fake SES that accepts everything (no rate limit of its own, so what we measure is the
  * relay's limiter). Per SES_RATE_LIMIT (14 and 200 recipients/s):
  *
- * - achieved rate = recipients accepted upstream after the first acceptance / (last - first acceptance);
- *   reported as a fraction of the limit (the relay must drain at >= 98 %);
+ * - achieved rate = (recipients accepted upstream - burst) / (last - first upstream acceptance): the bucket
+ *   starts full, so the first `burst` recipients leave at once and a perfect limiter scores 100 % (the same
+ *   definition as bench/shared-rate.ts); reported as a fraction of the limit (the relay must drain at
+ *   >= 98 %). A score above 100 % would mean the limit was exceeded over the drain as a whole;
  * - the most recipients accepted upstream in any 1-second window (sliding, on the fake SES's acceptance
  *   timestamps) against the bound rate x 1 s + burst;
  * - total recipients upstream (more than submitted would mean duplicates).
@@ -14,7 +16,7 @@
  * measurement runs from the first upstream acceptance to the last.
  *
  *   node --import tsx bench/rate-accuracy.ts          (npm run build first; ~7 minutes)
- *   BENCH_QUICK=1 node --import tsx bench/rate-accuracy.ts     (300 recipients, ~25 s)
+ *   BENCH_QUICK=1 node --import tsx bench/rate-accuracy.ts     (max(300, 10 x rate) recipients, ~35 s)
  *   env: BENCH_RATE_RECIPIENTS (default 5000), BENCH_RATES (default "14,200")
  */
 import fs from 'node:fs';
@@ -40,7 +42,30 @@ export interface RateResult {
   spanSeconds: number;
   achieved: number;
   maxInOneSecond: number;
+  /** Where that busiest window starts, in seconds after the first upstream acceptance. */
+  maxWindowAt: number;
+  /** The busiest 1-second window that starts at least 2 s after the first acceptance (steady state). */
+  maxInOneSecondSteady: number;
   bound: number;
+}
+
+interface Stamp {
+  at: number;
+  recipients: number;
+}
+
+/** Busiest window [t, t + ms) over acceptance stamps (sorted by time), ignoring windows starting before `from`. */
+export function busiestWindow(stamps: Stamp[], ms: number, from = -Infinity): { count: number; at: number } {
+  let best = { count: 0, at: NaN };
+  let sum = 0;
+  let hi = 0;
+  // Two pointers: for each window start `lo`, extend `hi` while stamps are inside [lo.at, lo.at + ms).
+  for (let lo = 0; lo < stamps.length; lo++) {
+    while (hi < stamps.length && stamps[hi].at - stamps[lo].at < ms) sum += stamps[hi++].recipients;
+    if (stamps[lo].at >= from && sum > best.count) best = { count: sum, at: stamps[lo].at };
+    sum -= stamps[lo].recipients;
+  }
+  return best;
 }
 
 /** Recipient counts per message: uniform 1..50 from a fixed seed, the last one trimmed to hit `total`. */
@@ -110,6 +135,8 @@ async function measure(rate: number, total: number): Promise<RateResult> {
     const last = msgs[msgs.length - 1];
     const upstreamRecipients = fake.recipientsReceived();
     const spanSeconds = (last.at - first.at) / 1000;
+    const stamps = msgs.map((m) => ({ at: m.at, recipients: m.recipients.length }));
+    const busiest = busiestWindow(stamps, 1000);
     return {
       rate,
       burst,
@@ -119,8 +146,10 @@ async function measure(rate: number, total: number): Promise<RateResult> {
       transactions: msgs.length,
       upstreamRecipients,
       spanSeconds,
-      achieved: (upstreamRecipients - first.recipients.length) / spanSeconds,
-      maxInOneSecond: fake.maxRecipientsInWindow(1000),
+      achieved: (upstreamRecipients - burst) / spanSeconds,
+      maxInOneSecond: Math.max(busiest.count, fake.maxRecipientsInWindow(1000)),
+      maxWindowAt: (busiest.at - first.at) / 1000,
+      maxInOneSecondSteady: busiestWindow(stamps, 1000, first.at + 2000).count,
       bound: rate * 1 + burst,
     };
   } finally {
@@ -142,7 +171,8 @@ export function rateTable(results: RateResult[]): string {
       'drain s',
       'achieved rcpt/s',
       'achieved / limit',
-      'max in any 1 s',
+      'max in any 1 s (at +s)',
+      'same, from +2 s',
       'bound rate+burst',
       'upstream rcpts',
     ],
@@ -154,7 +184,8 @@ export function rateTable(results: RateResult[]): string {
       fixed(r.spanSeconds, 1),
       fixed(r.achieved, 2),
       percent(r.achieved / r.rate, 2),
-      String(r.maxInOneSecond),
+      `${r.maxInOneSecond} (+${fixed(r.maxWindowAt, 1)})`,
+      String(r.maxInOneSecondSteady),
       `${r.bound}${r.maxInOneSecond <= r.bound ? ' ok' : ' EXCEEDED'}`,
       String(r.upstreamRecipients),
     ]),
@@ -165,14 +196,18 @@ export async function main(): Promise<void> {
   const quick = quickMode();
   heading('Rate accuracy: backlog drained to a fake SES', quick);
   if (!fs.existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
-  const total = Number(process.env.BENCH_RATE_RECIPIENTS ?? (quick ? 300 : 5000));
   const rates = (process.env.BENCH_RATES ?? '14,200').split(',').map(Number);
+  // Quick mode: enough recipients for ~10 s of drain beyond the initial burst at every rate.
+  const backlogFor = (rate: number) =>
+    Number(process.env.BENCH_RATE_RECIPIENTS ?? (quick ? Math.max(300, Math.ceil(rate * 10)) : 5000));
   console.log(
-    `${total} recipients in messages of 1..50 recipients (fixed seed), submitted over 10 pooled ` +
-      `nodemailer connections; fake SES accepts everything; timestamps = fake SES's 250 to DATA.\n`,
+    `Backlog: ${rates.map((r) => `${backlogFor(r)} recipients at ${r}/s`).join(', ')}, in messages of ` +
+      `1..50 recipients (fixed seed), submitted over 10 pooled nodemailer connections;\nfake SES accepts ` +
+      `everything; timestamps = fake SES's 250 to DATA; achieved = (upstream recipients - burst) / drain time.\n`,
   );
   const results: RateResult[] = [];
   for (const rate of rates) {
+    const total = backlogFor(rate);
     const r = await measure(rate, total);
     console.log(
       `  rate ${rate}: backlog of ${r.messages} messages submitted in ${fixed(r.submitSeconds, 2)} s, ` +
