@@ -39,7 +39,8 @@ FROM ${NODE_IMAGE} AS runtime
 
 ARG VERSION=dev
 ARG REVISION=unknown
-ARG SOURCE=https://github.com/ses-email-service/ses-email-service
+# Where the source lives (CI passes the repository URL, e.g. Drone's DRONE_REPO_LINK).
+ARG SOURCE=
 ARG CREATED=
 LABEL org.opencontainers.image.title="ses-email-service" \
       org.opencontainers.image.description="SMTP relay for Amazon SES: durable spool, recipient-weighted rate limiting, suppression list" \

@@ -21,6 +21,7 @@ const BASE_IMAGE = 'localhost/node-base:test';
 const IMAGE = 'localhost/ses-email-service:test';
 /** Flags every podman build/run needs on these machines (docs/operations.md, "Building without Docker"). */
 const PODMAN_FLAGS = ['--runtime', 'runc', '--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=1000:1000'];
+const SOURCE_URL = 'https://git.example.com/mail/ses-email-service';
 const TAG = `${process.pid}-${Date.now().toString(36)}`;
 
 /** Commands running now and containers started, so a runner timeout (SIGTERM) leaves nothing behind. */
@@ -218,6 +219,9 @@ test(
     if (blocker) return skipLoudly(t, blocker);
 
     const revision = (await run('git', ['rev-parse', 'HEAD'])).stdout.trim() || 'unknown';
+    const imageId = async () =>
+      (await run('podman', ['image', 'inspect', '--format', '{{.Id}}', IMAGE])).stdout.trim();
+    const previous = await imageId();
     const build = await run(
       'podman',
       [
@@ -234,6 +238,8 @@ test(
         'VERSION=0.0.0-test',
         '--build-arg',
         `REVISION=${revision}`,
+        '--build-arg',
+        `SOURCE=${SOURCE_URL}`,
         '--tag',
         IMAGE,
         '--file',
@@ -243,6 +249,9 @@ test(
       360_000,
     );
     assert.equal(build.code, 0, `podman build failed:\n${tail(build.stdout + build.stderr, 60)}`);
+    // The previous test image is now untagged: remove it so repeated runs do not fill the disk (the
+    // cached build layers stay).
+    if (previous && previous !== (await imageId())) await run('podman', ['rmi', previous]);
 
     await t.test('image metadata: non-root, ports, volume, healthcheck, OCI labels', async () => {
       const inspect = await run('podman', ['image', 'inspect', IMAGE]);
@@ -268,7 +277,7 @@ test(
       assert.ok(!c.Entrypoint?.length, 'no shell entrypoint in front of node');
       assert.equal(c.Labels?.['org.opencontainers.image.version'], '0.0.0-test');
       assert.equal(c.Labels?.['org.opencontainers.image.revision'], revision);
-      assert.ok(c.Labels?.['org.opencontainers.image.source'], 'source label');
+      assert.equal(c.Labels?.['org.opencontainers.image.source'], SOURCE_URL);
       const health = image.HealthCheck ?? image.Healthcheck;
       assert.ok(health?.Test?.join(' ').includes('/healthz'), 'HEALTHCHECK on /healthz');
       assert.ok(
