@@ -190,6 +190,31 @@ describe('Prometheus rules and Grafana dashboard', () => {
     assert.match(r.output, /SUCCESS/);
   });
 
+  test('alert rules fire when they should and not before (promtool test rules)', (t) => {
+    if (!hasCommand('promtool')) return skipLoudly(t, 'promtool not installed (apt-get install prometheus)');
+    const r = promtool(['test', 'rules', path.join(ROOT, 'docker', 'prometheus', 'alerts.test.yml')]);
+    assert.equal(r.code, 0, r.output);
+    assert.match(r.output, /SUCCESS/);
+  });
+
+  test('deferral reasons in queries are ones the relay uses (DeferralReason)', () => {
+    const types = read('src/types.ts');
+    const union = /export type DeferralReason =([^;]*);/.exec(types)?.[1] ?? '';
+    const reasons = new Set([...union.matchAll(/'([a-z-]+)'/g)].map((m) => m[1]));
+    assert.ok(reasons.size >= 3, 'DeferralReason parsed from src/types.ts');
+    for (const file of [
+      'docker/prometheus/alerts.yml',
+      'docker/prometheus/alerts.test.yml',
+      'docker/grafana/dashboards/ses-relay.json',
+      'docs/operations.md',
+    ]) {
+      const text = read(file).replaceAll('\\"', '"');
+      const used = [...text.matchAll(/reason=~?"([^"]+)"/g)].flatMap((m) => m[1].split('|'));
+      const unknown = used.filter((r) => !reasons.has(r));
+      assert.deepEqual(unknown, [], `${file} filters on reasons the relay never uses`);
+    }
+  });
+
   test('the alert rules cover the failure modes operators need', () => {
     const rules = YAML.parse(read('docker/prometheus/alerts.yml')) as {
       groups: Array<{ rules: Array<{ alert?: string; expr: string }> }>;
@@ -333,6 +358,7 @@ describe('metrics named by the dashboard and the alerts exist in a running relay
 
   test('docker/grafana/dashboards/ses-relay.json', () => check('docker/grafana/dashboards/ses-relay.json'));
   test('docker/prometheus/alerts.yml', () => check('docker/prometheus/alerts.yml'));
+  test('docker/prometheus/alerts.test.yml', () => check('docker/prometheus/alerts.test.yml'));
   test('docs/operations.md', () => check('docs/operations.md'));
 });
 
