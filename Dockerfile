@@ -78,5 +78,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
 # Exec form: node is PID 1 and receives SIGTERM itself; the relay stops accepting (421), finishes
 # in-flight transactions and deliveries within SHUTDOWN_TIMEOUT (25 s) and exits 0. Give it a stop
 # timeout longer than that (docker stop -t 30, Kubernetes terminationGracePeriodSeconds >= 30).
+# The official image's ENTRYPOINT (docker-entrypoint.sh) would exec node too; clear it so node is
+# PID 1 directly whatever the base.
 STOPSIGNAL SIGTERM
+ENTRYPOINT []
 CMD ["node", "dist/main.js"]
