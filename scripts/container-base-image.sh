@@ -60,6 +60,14 @@ if [[ -d "$NODE_PREFIX/include/node" ]]; then
   cp -a "$NODE_PREFIX/include/node" "$ROOTFS/usr/local/include/node"
 fi
 
+# The host's node must run inside the rootfs (a statically linked-enough build such as nodejs.org's or
+# NodeSource's; Debian's own nodejs package links libnode and other shared libraries minbase lacks).
+if ! chroot "$ROOTFS" /usr/local/bin/node --version >/dev/null 2>&1; then
+  echo "container-base-image: $NODE_BIN does not run in a minimal Debian rootfs; it needs:" >&2
+  ldd "$NODE_BIN" >&2 || true
+  exit 1
+fi
+
 # The host's CA bundle: the registry may be reached through a TLS-inspecting proxy.
 if [[ -f "$CA_BUNDLE" ]]; then
   install -D -m 0644 "$CA_BUNDLE" "$ROOTFS$CA_BUNDLE"
