@@ -137,11 +137,13 @@ interface RelayContainer {
   metricsPort: number;
 }
 
+/** Starts the image; with `ses` undefined it runs in embedded mode (outbox in the volume). */
 async function runRelayContainer(
   name: string,
   volume: string,
-  ses: FakeSes,
+  ses: FakeSes | undefined,
   env: Record<string, string> = {},
+  podmanArgs: string[] = [],
 ): Promise<RelayContainer> {
   const smtpPort = await freePort();
   const metricsPort = await freePort();
@@ -151,12 +153,14 @@ async function runRelayContainer(
     METRICS_HOST: '127.0.0.1',
     METRICS_PORT: String(metricsPort),
     SERVER_FQDN: 'relay.test',
-    AWS_SMTP_HOST: '127.0.0.1',
-    AWS_SMTP_PORT: String(ses.port),
-    AWS_SMTP_USERNAME: ses.username,
-    AWS_SMTP_PASSWORD: ses.password,
-    NODE_EXTRA_CA_CERTS: '/etc/ses-relay/ca.crt',
     SHUTDOWN_TIMEOUT: '10s',
+    ...(ses && {
+      AWS_SMTP_HOST: '127.0.0.1',
+      AWS_SMTP_PORT: String(ses.port),
+      AWS_SMTP_USERNAME: ses.username,
+      AWS_SMTP_PASSWORD: ses.password,
+      NODE_EXTRA_CA_CERTS: '/etc/ses-relay/ca.crt',
+    }),
     ...env,
   };
   const args = [
@@ -176,6 +180,7 @@ async function runRelayContainer(
     '--volume',
     `${TEST_CA}:/etc/ses-relay/ca.crt:ro`,
     ...Object.entries(vars).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
+    ...podmanArgs,
     IMAGE,
   ];
   const started = await run('podman', args, 60_000);
@@ -201,6 +206,10 @@ async function stopContainer(name: string): Promise<{ exitCode: number; logs: st
   const state = await run('podman', ['inspect', '--format', '{{.State.ExitCode}}', name]);
   const logs = await run('podman', ['logs', name]);
   return { exitCode: Number(state.stdout.trim()), logs: logs.stdout + logs.stderr, ms };
+}
+
+async function volumeMount(volume: string): Promise<string> {
+  return (await run('podman', ['volume', 'inspect', '--format', '{{.Mountpoint}}', volume])).stdout.trim();
 }
 
 /** Files under root, as paths relative to it. */
@@ -353,8 +362,7 @@ test(
       assert.ok(stop.ms < 29_000, `stopped within the grace period (${stop.ms} ms)`);
       assert.match(stop.logs, /"event":"relay:stopped"/);
 
-      const mount = await run('podman', ['volume', 'inspect', '--format', '{{.Mountpoint}}', volume]);
-      const files = listFiles(mount.stdout.trim());
+      const files = listFiles(await volumeMount(volume));
       assert.ok(
         files.some((f) => f.startsWith('queue/')),
         `spool files in the volume (found: ${files.join(', ') || 'none'})`,
@@ -371,6 +379,26 @@ test(
       assert.match(ses.messages[2].body.toString(), /Subject: container deferred/);
       const stop = await stopContainer(second);
       assert.equal(stop.exitCode, 0, `exit code after SIGTERM:\n${tail(stop.logs)}`);
+    });
+
+    await t.test('embedded mode on a read-only root file system: .eml files in the volume', async () => {
+      const third = `ses-relay-test-c-${TAG}`;
+      containers.add(third);
+      // --read-only: the relay writes only to its volume (and /tmp, a tmpfs), as docs/operations.md says.
+      const embedded = await runRelayContainer(third, volume, undefined, {}, ['--read-only']);
+      await waitForHttp(`http://127.0.0.1:${embedded.metricsPort}/healthz`, third, 45_000);
+      await sendMail(embedded.smtpPort, ['local@example.com'], 'container embedded');
+      const outbox = path.join(await volumeMount(volume), 'outbox');
+      let eml: string[] = [];
+      for (let i = 0; i < 100 && eml.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        eml = fs.existsSync(outbox) ? listFiles(outbox).filter((f) => f.endsWith('.eml')) : [];
+      }
+      assert.equal(eml.length, 1, 'one .eml file in the outbox');
+      assert.match(fs.readFileSync(path.join(outbox, eml[0]), 'utf8'), /Subject: container embedded/);
+      const stop = await stopContainer(third);
+      assert.equal(stop.exitCode, 0, `exit code after SIGTERM:\n${tail(stop.logs)}`);
+      assert.match(stop.logs, /"event":"relay:embedded-mode"/);
     });
   },
 );
