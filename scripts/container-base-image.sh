@@ -4,17 +4,36 @@
 # from Debian's own mirror, plus this host's node binary, npm, node headers (for node-gyp) and CA bundle,
 # and a `node` user with uid/gid 1000 as the official image has. Imported with `podman import`.
 #
-#   scripts/container-base-image.sh [IMAGE]        default IMAGE: localhost/node-base:test
-#   FORCE=1 scripts/container-base-image.sh        rebuild even if the image exists
+#   scripts/container-base-image.sh [--warm] [IMAGE]   default IMAGE: localhost/node-base:test
+#   FORCE=1 scripts/container-base-image.sh             rebuild even if the image exists
+#
+#   --warm  also build the Dockerfile's build stage on it (system packages, npm ci, native addon), so
+#           the next `podman build` of the image, e.g. by test/container.test.ts, reuses those layers
+#           and only compiles the sources (CI setup: scripts/install-test-deps.sh).
 #
 # Then: podman build --build-arg NODE_IMAGE=localhost/node-base:test ... (see docs/operations.md).
 # Needs root (debootstrap), podman, debootstrap and an apt mirror (the host's, from its apt sources).
 set -euo pipefail
 
+WARM=0
+if [[ "${1:-}" == --warm ]]; then
+  WARM=1
+  shift
+fi
 IMAGE="${1:-localhost/node-base:test}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PODMAN_FLAGS=(--runtime runc --ulimit nofile=20000:20000 --ulimit nproc=1000:1000)
+
+warm() {
+  [[ "$WARM" == 1 ]] || return 0
+  echo "container-base-image: warming the build stage of $ROOT/Dockerfile on $IMAGE" >&2
+  podman build "${PODMAN_FLAGS[@]}" --network host --format docker --target build \
+    --build-arg "NODE_IMAGE=$IMAGE" --file "$ROOT/Dockerfile" "$ROOT" >/dev/null
+}
 
 if [[ "${FORCE:-0}" != 1 ]] && podman image exists "$IMAGE"; then
   echo "container-base-image: $IMAGE already exists (FORCE=1 to rebuild)" >&2
+  warm
   exit 0
 fi
 
@@ -89,3 +108,4 @@ tar -C "$ROOTFS" -c . | podman import --quiet \
   --change 'CMD ["node"]' \
   - "$IMAGE" >/dev/null
 echo "container-base-image: built $IMAGE (node $(node --version), Debian $SUITE)" >&2
+warm
