@@ -72,6 +72,7 @@ function metricNamesIn(text: string): string[] {
 
 interface DashboardPanel {
   title?: string;
+  gridPos?: { x: number; y: number; w: number; h: number };
   type?: string;
   targets?: Array<{ expr?: string }>;
   panels?: DashboardPanel[];
@@ -242,6 +243,15 @@ describe('Prometheus rules and Grafana dashboard', () => {
     assert.equal(dashboard.uid, 'ses-relay');
     const exprs = dashboardExprs(dashboard);
     assert.ok(exprs.length >= 20, 'queries');
+    // Panels do not overlap on the 24-column grid.
+    const boxes = (dashboard.panels ?? []).map((p) => ({ title: p.title, ...p.gridPos! }));
+    for (const [i, a] of boxes.entries()) {
+      assert.ok(a.x >= 0 && a.x + a.w <= 24, `${a.title} fits the grid`);
+      for (const b of boxes.slice(i + 1)) {
+        const overlap = a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+        assert.ok(!overlap, `panels "${a.title}" and "${b.title}" overlap`);
+      }
+    }
     const all = exprs.map((e) => e.expr).join('\n');
     for (const needed of [
       'ses_relay_recipients_received_total',
@@ -434,6 +444,14 @@ describe('compose stack, Kubernetes example, image', () => {
     }
     const env = obj(relay.environment);
     assert.equal(env.AWS_SMTP_HOST, 'mailpit', 'Mailpit stands in for SES');
+    // Host names the relay is given are services of the stack, and every dependency exists.
+    assert.ok(services.includes(new URL(String(env.REDIS_URL)).hostname), 'REDIS_URL names a service');
+    assert.ok(services.includes(new URL(String(env.AWS_ENDPOINT_URL_DYNAMODB)).hostname), 'DynamoDB service');
+    for (const [name, svc] of Object.entries(compose.services)) {
+      for (const dep of Object.keys(obj(svc.depends_on))) {
+        assert.ok(services.includes(dep), `${name} depends on an existing service ${dep}`);
+      }
+    }
   });
 
   test('docker/relay.env.example only sets variables the relay reads', () => {
