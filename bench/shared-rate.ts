@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import Redis from 'ioredis';
 import { RedisLimiter } from '../src/egress/redis-limiter';
+import { quickMode } from './lib/report';
 import {
   startRedisServer,
   REDIS_SERVER,
@@ -251,7 +252,7 @@ export async function main(
             replicas,
             rate,
             heartbeatMs: options.heartbeatMs ?? 50,
-            seconds: options.seconds ?? 10,
+            seconds: options.seconds ?? (quickMode() ? 3 : 10),
           }),
         );
       }
@@ -260,7 +261,9 @@ export async function main(
     await redis.close();
   }
   if (options.print !== false) {
-    console.log('\nShared rate through Redis (Bottleneck clustering), recipients per second\n');
+    console.log(
+      '\n## Shared rate through Redis (bench/shared-rate.ts): recipients per second, all replicas\n',
+    );
     console.log(formatTable(results));
   }
   return results;

@@ -88,7 +88,13 @@ test(
     const relays: RelayProcess[] = await Promise.all([0, 1, 2].map(() => startRelayProcess({ env })));
     for (const r of relays) cleanups.push(() => stopRelayProcess(r, 5_000));
     // relay.ts builds a RedisLimiter when REDIS_URL is set: it logs `limiter:available` on connecting.
-    await Promise.all(relays.map((r) => r.waitForLog((l) => l.event === 'limiter:available', 5_000)));
+    await Promise.all(relays.map((r) => r.waitForLog((l) => l.event === 'limiter:available', 5_000))).catch(
+      (err: Error) => {
+        throw new Error(
+          `the relays do not run the Redis limiter with REDIS_URL set (relay.ts): ${err.message}`,
+        );
+      },
+    );
 
     // Warm-up: one message per replica opens its first SES connection, then SES forgets it.
     await Promise.all(relays.map((r, k) => sendMany(r.smtpPort, 1, { prefix: `warm${k}` })));
