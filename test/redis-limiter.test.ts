@@ -196,6 +196,52 @@ describe('RedisLimiter (real redis-server)', { skip: REDIS_SERVER ? false : REDI
     assert.ok(afterRestart >= rate, `delivery resumed after the restart (${afterRestart} recipients)`);
   });
 
+  test('Redis frozen (answers nothing, connections open): paused within the command timeout, then resumes', async () => {
+    const group = await limiters(2, { rate: 40, burst: 10 });
+    const run = load(group, [1]);
+    await sleep(500);
+    redis.pause();
+    const pausedAt = Date.now();
+    try {
+      const deadline = Date.now() + 3000;
+      while (group.some((l) => l.status().available) && Date.now() < deadline) await sleep(20);
+      const detectedMs = Date.now() - pausedAt;
+      assert.ok(
+        group.every((l) => !l.status().available),
+        'unavailable while Redis does not answer',
+      );
+      assert.ok(detectedMs < 2000, `detected after ${detectedMs} ms`);
+      const t0 = Date.now();
+      await assert.rejects(group[1].acquire(1), LimiterUnavailableError);
+      assert.ok(Date.now() - t0 < 100);
+    } finally {
+      redis.resume();
+    }
+    const resumedAt = Date.now();
+    const deadline = Date.now() + 6000;
+    while (!group.every((l) => l.status().available) && Date.now() < deadline) await sleep(50);
+    assert.ok(
+      group.every((l) => l.status().available),
+      'available again once Redis answers',
+    );
+    await sleep(1000);
+    await run.stop();
+    const during = run.grants.filter((g) => g[0] > pausedAt + 20 && g[0] < resumedAt);
+    assert.deepEqual(during, [], 'no grant while Redis was frozen');
+    assert.ok(total(run.grants.filter((g) => g[0] >= resumedAt)) > 0, 'grants resumed');
+  });
+
+  test('the shared slow-down recovers on every replica', async () => {
+    const rate = 40;
+    const group = await limiters(2, { rate, burst: 10, throttleRecoveryMs: 1000 });
+    group[0].throttled();
+    await sleep(400);
+    assert.ok(group[1].status().effectiveRate < rate, 'the other replica slowed down');
+    const deadline = Date.now() + 3000;
+    while (group.some((l) => l.status().effectiveRate < rate) && Date.now() < deadline) await sleep(50);
+    for (const l of group) assert.equal(l.status().effectiveRate, rate);
+  });
+
   test('created while Redis is down: unavailable, then available when it comes up', async () => {
     await redis.stop();
     try {

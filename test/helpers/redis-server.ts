@@ -48,6 +48,10 @@ export interface RedisServer {
   stop(): Promise<void>;
   /** Start it again on the same port (empty data: nothing is persisted). */
   restart(): Promise<void>;
+  /** Freeze the process (SIGSTOP): connections stay open but nothing answers, like a network partition. */
+  pause(): void;
+  /** Thaw it (SIGCONT). */
+  resume(): void;
   /** Stop and remove the temp dir. */
   close(): Promise<void>;
 }
@@ -182,7 +186,14 @@ export async function startRedisServer(options: { timeoutMs?: number } = {}): Pr
         }
       }
     },
+    pause() {
+      child?.kill('SIGSTOP');
+    },
+    resume() {
+      child?.kill('SIGCONT');
+    },
     async close() {
+      child?.kill('SIGCONT');
       await stop();
       fs.rmSync(dir, { recursive: true, force: true });
     },
