@@ -14,14 +14,8 @@
  *   env: BENCH_INGRESS_MESSAGES (default 5000), BENCH_INGRESS_REPS (default 3)
  */
 import fs from 'node:fs';
-import {
-  MAIN,
-  fakeSesEnv,
-  metricValue,
-  startRelayProcess,
-  stopRelayProcess,
-  type RelayProcess,
-} from '../test/helpers/relay-process';
+import { MAIN, fakeSesEnv, metricValue, type RelayProcess } from '../test/helpers/relay-process';
+import { startBenchRelay, stopBenchRelay } from './lib/relay';
 import { startFakeSes, type FakeSes } from '../test/helpers/fake-ses';
 import { postfixUnavailable, startPostfix, type PostfixInstance } from './lib/postfix';
 import {
@@ -111,8 +105,8 @@ export async function main(): Promise<void> {
   try {
     ses = await startFakeSes();
     const env = { ...fakeSesEnv(ses.port), SES_RATE_LIMIT: '14' };
-    relay = await startRelayProcess({ env: { ...env, SMTP_GREETING_DELAY: '0' } });
-    relayDelayed = await startRelayProcess({ env: { ...env, SMTP_GREETING_DELAY: '100ms' } });
+    relay = await startBenchRelay({ ...env, SMTP_GREETING_DELAY: '0' });
+    relayDelayed = await startBenchRelay({ ...env, SMTP_GREETING_DELAY: '100ms' });
     postfix = await startPostfix();
     const targets = {
       relay: relayTarget('relay', relay),
@@ -177,10 +171,9 @@ export async function main(): Promise<void> {
     );
   } finally {
     await postfix?.stop();
-    if (relay) await stopRelayProcess(relay);
-    if (relayDelayed) await stopRelayProcess(relayDelayed);
+    if (relay) await stopBenchRelay(relay);
+    if (relayDelayed) await stopBenchRelay(relayDelayed);
     await ses?.close();
-    for (const r of [relay, relayDelayed]) if (r) fs.rmSync(r.spoolDir, { recursive: true, force: true });
   }
 }
 

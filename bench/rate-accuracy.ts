@@ -21,13 +21,8 @@
  */
 import fs from 'node:fs';
 import nodemailer from 'nodemailer';
-import {
-  MAIN,
-  fakeSesEnv,
-  startRelayProcess,
-  stopRelayProcess,
-  type RelayProcess,
-} from '../test/helpers/relay-process';
+import { MAIN, fakeSesEnv, type RelayProcess } from '../test/helpers/relay-process';
+import { startBenchRelay, stopBenchRelay } from './lib/relay';
 import { startFakeSes, type FakeSes } from '../test/helpers/fake-ses';
 import { fixed, heading, percent, quickMode, seededRandom, table } from './lib/report';
 
@@ -119,7 +114,7 @@ async function measure(rate: number, total: number): Promise<RateResult> {
   let relay: RelayProcess | undefined;
   try {
     ses = await startFakeSes();
-    relay = await startRelayProcess({ env: { ...fakeSesEnv(ses.port), SES_RATE_LIMIT: String(rate) } });
+    relay = await startBenchRelay({ ...fakeSesEnv(ses.port), SES_RATE_LIMIT: String(rate) });
     const ready = relay.logs.find((l) => l.event === 'relay:ready') ?? {};
     const burst = Number(ready.burst ?? Math.max(1, Math.ceil(rate)));
     const sizes = backlogShape(total);
@@ -153,10 +148,7 @@ async function measure(rate: number, total: number): Promise<RateResult> {
       bound: rate * 1 + burst,
     };
   } finally {
-    if (relay) {
-      await stopRelayProcess(relay);
-      fs.rmSync(relay.spoolDir, { recursive: true, force: true });
-    }
+    if (relay) await stopBenchRelay(relay);
     await ses?.close();
   }
 }

@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from '../../test/helpers/relay-process';
+import { onAbort } from './cleanup';
 
 export const POSTFIX = '/usr/sbin/postfix';
 
@@ -159,20 +160,6 @@ async function waitForPort(port: number, timeoutMs: number): Promise<boolean> {
   return false;
 }
 
-/** Instances started by this process, stopped on exit even when a bench throws. */
-const running = new Set<PostfixInstance>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const pf of running) {
-      postfixCmd(pf.configDir, 'stop');
-      fs.rmSync(pf.dir, { recursive: true, force: true });
-    }
-  });
-}
-
 export async function startPostfix(options: PostfixOptions = {}): Promise<PostfixInstance> {
   const why = postfixUnavailable();
   if (why) throw new Error(why);
@@ -195,6 +182,12 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
   fs.writeFileSync(path.join(configDir, 'main.cf'), mainCf(dir, closedPort, options.mainCf ?? {}));
   fs.writeFileSync(path.join(configDir, 'master.cf'), masterCf(port));
 
+  let stopped = false;
+  // If the bench is interrupted or throws past its finally, the Postfix master must not outlive us.
+  const forget = onAbort(() => {
+    postfixCmd(configDir, 'stop');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
   const instance: PostfixInstance = {
     port,
     dir,
@@ -212,25 +205,24 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
       }
     },
     stop: async () => {
-      if (!running.has(instance)) return;
-      running.delete(instance);
+      if (stopped) return;
+      stopped = true;
       const pid = masterPid(dir);
       postfixCmd(configDir, 'stop');
       const deadline = Date.now() + 15_000;
       while (pid && alive(pid) && Date.now() < deadline) await sleep(100);
       if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
+      forget();
     },
   };
 
   // `check` creates the queue's subdirectories with the right owners (post-install create-missing).
   const check = postfixCmd(configDir, 'check');
   if (check.status !== 0) {
-    fs.rmSync(dir, { recursive: true, force: true });
+    await instance.stop();
     throw new Error(`postfix check failed: ${check.output}`);
   }
-  installExitHook();
-  running.add(instance);
   const start = postfixCmd(configDir, 'start');
   if (start.status !== 0 || !(await waitForPort(port, 15_000))) {
     const log = instance.log();
