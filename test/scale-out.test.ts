@@ -2,7 +2,8 @@
  * Scale-out end to end: three relay processes (`node dist/main.js`) share one SES rate through one real
  * redis-server and send to one fake SES that enforces that rate like SES does. A backlog worth ~20 s of
  * sending is loaded into the three spools; in the middle Redis is stopped and restarted, and one replica
- * is killed with SIGKILL and started again on its spool directory.
+ * is killed with SIGKILL and started again on its spool directory, another is stopped with SIGTERM (scale
+ * down) and started again on its spool later (scale up).
  *
  * Checked at the fake SES: combined recipients per window stay within rate * W + burst; the undisturbed
  * stretches run at >= 95 % of the rate; nothing is sent while Redis is down; every message a relay
@@ -65,7 +66,7 @@ after(async () => {
 });
 
 test(
-  'three replicas, one Redis, one SES rate: bounded, >= 95 %, Redis outage and kill -9 lose nothing',
+  'three replicas, one Redis, one SES rate: bounded, >= 95 %; Redis outage, kill -9 and scale-down lose nothing',
   { skip: REDIS_SERVER ? false : REDIS_MISSING, timeout: 120_000 },
   async (t) => {
     const redis: RedisServer = await startRedisServer();
@@ -157,6 +158,16 @@ test(
     const killedAt = Date.now();
     const again = await startRelayProcess({ env, spoolDir: relays[2].spoolDir });
     cleanups.push(() => stopRelayProcess(again, 5_000));
+
+    // Scale-down of another replica: SIGTERM drains in-flight deliveries and exits 0; what is not
+    // delivered stays in its spool and goes out when the replica starts again on that volume.
+    const code = await stopRelayProcess(relays[1], 15_000);
+    assert.equal(code, 0, 'SIGTERM: clean exit');
+    const stopped = relays[1].logs.find((l) => l.event === 'relay:stopped');
+    assert.ok(stopped, 'relay:stopped logged');
+    t.diagnostic(`scaled-down replica left ${String(stopped.queued)} messages in its spool`);
+    const scaledUp = await startRelayProcess({ env, spoolDir: relays[1].spoolDir });
+    cleanups.push(() => stopRelayProcess(scaledUp, 5_000));
 
     await waitUntil(
       'every acknowledged message delivered',
