@@ -16,6 +16,7 @@ import type { RecipientPolicy } from './policy/policy';
 import { createDynamoPolicy } from './policy/policy-factory';
 import type { RecipientLimiter } from './egress/limiter';
 import { LocalLimiter } from './egress/local-limiter';
+import { RedisLimiter } from './egress/redis-limiter';
 import type { Transport } from './egress/transport';
 import { SesSmtpTransport } from './egress/ses-smtp-transport';
 import { OutboxTransport } from './egress/outbox-transport';
@@ -69,6 +70,18 @@ function buildPolicy(
 
 async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLimiter> {
   const l = config.limiter;
+  if (l.redisUrl) {
+    return RedisLimiter.create({
+      redisUrl: l.redisUrl,
+      limiterId: l.limiterId,
+      rate: l.rate,
+      burst: l.burst,
+      throttleFactor: l.throttleFactor,
+      throttleRecoveryMs: l.throttleRecoveryMs,
+      heartbeatMs: l.heartbeatMs,
+      logger,
+    });
+  }
   return new LocalLimiter({
     rate: l.rate,
     burst: l.burst,
