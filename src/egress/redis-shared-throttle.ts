@@ -10,9 +10,10 @@
  * the wire before the first slow-down could take effect (several replicas see them at once).
  */
 import type Redis from 'ioredis';
+import { THROTTLE_FLOOR_FRACTION } from './throttle-controller';
 
 /** Same default floor as ThrottleController. */
-export const FLOOR_FRACTION = 0.05;
+export const FLOOR_FRACTION = THROTTLE_FLOOR_FRACTION;
 
 /** KEYS[1] hash; ARGV: mode ('read'|'throttle'), factor, recoveryMs, floor, debounceMs. Returns {fraction, changed, at}. */
 const THROTTLE_LUA = `

@@ -7,6 +7,9 @@
  * Pure arithmetic over a clock, shared by the in-process limiter (local-limiter.ts) and the Redis one.
  */
 
+/** Throttling never slows the rate below this fraction of SES_RATE_LIMIT (local and shared limiters). */
+export const THROTTLE_FLOOR_FRACTION = 0.05;
+
 export interface ThrottleControllerOptions {
   /** Configured recipients per second. */
   rate: number;
@@ -40,7 +43,7 @@ export class ThrottleController {
     this.rate = options.rate;
     this.factor = options.factor;
     this.recoveryMs = Math.max(0, options.recoveryMs);
-    this.floorFraction = Math.min(1, Math.max(0.001, options.floorFraction ?? 0.05));
+    this.floorFraction = Math.min(1, Math.max(0.001, options.floorFraction ?? THROTTLE_FLOOR_FRACTION));
     this.compoundAfterMs = Math.max(0, options.compoundAfterMs ?? 1000);
   }
 
