@@ -63,6 +63,10 @@ test('mail goes through the relay to SES byte for byte, with logs and metrics', 
   assert.equal(metricValue(m, 'ses_relay_recipients_delivered_total'), 2);
   assert.equal(metricValue(m, 'ses_relay_queue_messages'), 0);
   assert.ok(m.includes('ses_relay_process_cpu_user_seconds_total'), 'default process metrics');
+  const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+  const exported = [...m.matchAll(/^# TYPE (ses_relay_\w+)/gm)].map((x) => x[1]);
+  const undocumented = exported.filter((n) => !/^ses_relay_(process|nodejs)_/.test(n) && !readme.includes(n));
+  assert.deepEqual(undocumented, [], 'every relay metric is listed in the README');
   assert.ok(!JSON.stringify(relay.logs).includes('fake-secret'), 'the SES password never reaches the logs');
 });
 
