@@ -14,8 +14,9 @@ import { onAbort } from './cleanup';
 
 const forgetters = new WeakMap<RelayProcess, () => void>();
 
-export async function startBenchRelay(env: Record<string, string>): Promise<RelayProcess> {
-  const spoolDir = tempDir('ses-relay-bench-');
+/** Start a relay; `spoolDir` reuses an existing spool (e.g. a backlog left by an earlier relay). */
+export async function startBenchRelay(env: Record<string, string>, spoolDir?: string): Promise<RelayProcess> {
+  spoolDir ??= tempDir('ses-relay-bench-');
   let child: RelayProcess['child'] | undefined;
   const forget = onAbort(() => {
     child?.kill('SIGKILL');
@@ -33,9 +34,17 @@ export async function startBenchRelay(env: Record<string, string>): Promise<Rela
   }
 }
 
-/** SIGTERM (graceful), SIGKILL after 15 s, then remove the spool. */
-export async function stopBenchRelay(relay: RelayProcess): Promise<void> {
+/** SIGTERM (graceful), SIGKILL after 15 s, then remove the spool (unless `keepSpool`). */
+export async function stopBenchRelay(
+  relay: RelayProcess,
+  options: { keepSpool?: boolean } = {},
+): Promise<void> {
   await stopRelayProcess(relay);
-  fs.rmSync(relay.spoolDir, { recursive: true, force: true });
   forgetters.get(relay)?.();
+  if (options.keepSpool) {
+    // Still remove it if the bench is interrupted before a later relay takes it over.
+    onAbort(() => fs.rmSync(relay.spoolDir, { recursive: true, force: true }));
+  } else {
+    fs.rmSync(relay.spoolDir, { recursive: true, force: true });
+  }
 }
