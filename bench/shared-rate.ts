@@ -21,6 +21,7 @@ import {
   REDIS_MISSING,
   type RedisServer,
 } from '../test/helpers/redis-server';
+import { maxInWindow as windowMax } from '../test/helpers/windows';
 
 const CONCURRENCY = 4;
 const WEIGHTS = [1, 1, 1, 1, 2, 1, 1, 1, 3, 1];
@@ -89,18 +90,11 @@ async function runReplica(spec: ReplicaSpec): Promise<void> {
 }
 
 /** Most recipients granted within any window [t, t + ms). */
-export function maxInWindow(grants: Array<[number, number]>, ms: number): number {
-  const sorted = [...grants].sort((a, b) => a[0] - b[0]);
-  let best = 0;
-  let sum = 0;
-  let lo = 0;
-  for (let hi = 0; hi < sorted.length; hi++) {
-    sum += sorted[hi][1];
-    while (sorted[hi][0] - sorted[lo][0] >= ms) sum -= sorted[lo++][1];
-    best = Math.max(best, sum);
-  }
-  return best;
-}
+export const maxInWindow = (grants: Array<[number, number]>, ms: number) =>
+  windowMax(
+    grants.map(([at, n]) => ({ at, n })),
+    ms,
+  );
 
 export interface ScenarioResult {
   replicas: number;

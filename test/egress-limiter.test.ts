@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { LocalLimiter } from '../src/egress/local-limiter';
 import { ThrottleController } from '../src/egress/throttle-controller';
 import { LimiterUnavailableError } from '../src/egress/limiter';
+import { maxInWindow } from './helpers/windows';
 
 interface Grant {
   at: number;
@@ -37,20 +38,6 @@ async function saturate(
   controller.abort();
   await Promise.all(workers);
   return { grants, start };
-}
-
-/** Largest sum of grants within any window [t, t + w). */
-function maxInWindow(grants: Grant[], w: number): number {
-  const g = [...grants].sort((a, b) => a.at - b.at);
-  let best = 0;
-  let sum = 0;
-  let lo = 0;
-  for (let hi = 0; hi < g.length; hi++) {
-    sum += g[hi].n;
-    while (g[hi].at - g[lo].at >= w) sum -= g[lo++].n;
-    best = Math.max(best, sum);
-  }
-  return best;
 }
 
 /** Checks the bound (total and every window) and returns the steady drain rate of the backlog. */

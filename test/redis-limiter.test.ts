@@ -10,22 +10,16 @@ import { LimiterUnavailableError } from '../src/egress/limiter';
 import { RedisLimiter, type RedisLimiterOptions } from '../src/egress/redis-limiter';
 import { silentLogger } from '../src/observability/logger';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';
+import { maxInWindow as windowMax } from './helpers/windows';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 type Grant = [at: number, recipients: number];
 
-function maxInWindow(grants: Grant[], ms: number): number {
-  const sorted = [...grants].sort((a, b) => a[0] - b[0]);
-  let best = 0;
-  let sum = 0;
-  let lo = 0;
-  for (let hi = 0; hi < sorted.length; hi++) {
-    sum += sorted[hi][1];
-    while (sorted[hi][0] - sorted[lo][0] >= ms) sum -= sorted[lo++][1];
-    best = Math.max(best, sum);
-  }
-  return best;
-}
+const maxInWindow = (grants: Grant[], ms: number) =>
+  windowMax(
+    grants.map(([at, n]) => ({ at, n })),
+    ms,
+  );
 
 const total = (grants: Grant[]) => grants.reduce((n, g) => n + g[1], 0);
 

@@ -21,6 +21,7 @@ import {
   type RelayProcess,
 } from './helpers/relay-process';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';
+import { busiestWindow } from './helpers/windows';
 
 const RATE = 40;
 const BURST = 10;
@@ -35,16 +36,10 @@ const recipientsOf = (ms: ReceivedMessage[]) => ms.reduce((n, m) => n + m.recipi
 
 /** Most recipients SES accepted within any window [t, t + ms), and when that window started. */
 function maxInWindow(messages: ReceivedMessage[], ms: number): { max: number; at: number } {
-  const sorted = [...messages].sort((a, b) => a.at - b.at);
-  let best = { max: 0, at: 0 };
-  let sum = 0;
-  let lo = 0;
-  for (let hi = 0; hi < sorted.length; hi++) {
-    sum += sorted[hi].recipients.length;
-    while (sorted[hi].at - sorted[lo].at >= ms) sum -= sorted[lo++].recipients.length;
-    if (sum > best.max) best = { max: sum, at: sorted[lo].at };
-  }
-  return best;
+  return busiestWindow(
+    messages.map((m) => ({ at: m.at, n: m.recipients.length })),
+    ms,
+  );
 }
 
 /** Recipients per second SES accepted in [from, to). */

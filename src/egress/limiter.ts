@@ -38,3 +38,24 @@ export interface RecipientLimiter {
   /** Stop timers and connections; pending acquires reject. */
   stop(): Promise<void>;
 }
+
+/**
+ * The argument and state checks every limiter's acquire() starts with: the error to reject with, or
+ * undefined when the call may go on.
+ */
+export function acquireRefusal(
+  recipients: number,
+  burst: number,
+  stopped: boolean,
+  signal?: AbortSignal,
+): Error | undefined {
+  if (!Number.isInteger(recipients) || recipients < 0) {
+    return new RangeError(`recipients must be a whole number >= 0, got ${recipients}`);
+  }
+  if (recipients > burst) {
+    return new RangeError(`cannot acquire ${recipients} recipients at once: more than the burst of ${burst}`);
+  }
+  if (stopped) return new LimiterUnavailableError('limiter stopped');
+  if (signal?.aborted) return new LimiterUnavailableError('acquire aborted', signal.reason);
+  return undefined;
+}

@@ -24,7 +24,12 @@ import Bottleneck from 'bottleneck';
 import Redis, { type RedisOptions } from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../observability/logger';
-import { LimiterUnavailableError, type LimiterStatus, type RecipientLimiter } from './limiter';
+import {
+  acquireRefusal,
+  LimiterUnavailableError,
+  type LimiterStatus,
+  type RecipientLimiter,
+} from './limiter';
 import {
   limiterAvailable,
   limiterEffectiveRate,
@@ -338,18 +343,8 @@ export class RedisLimiter implements RecipientLimiter {
   }
 
   acquire(recipients: number, signal?: AbortSignal): Promise<void> {
-    if (!Number.isInteger(recipients) || recipients < 0) {
-      return Promise.reject(new RangeError(`recipients must be a whole number >= 0, got ${recipients}`));
-    }
-    if (recipients > this.burst) {
-      return Promise.reject(
-        new RangeError(
-          `cannot acquire ${recipients} recipients at once: more than the burst of ${this.burst}`,
-        ),
-      );
-    }
-    if (this.stopped) return Promise.reject(new LimiterUnavailableError('limiter stopped'));
-    if (signal?.aborted) return Promise.reject(new LimiterUnavailableError('acquire aborted', signal.reason));
+    const refusal = acquireRefusal(recipients, this.burst, this.stopped, signal);
+    if (refusal) return Promise.reject(refusal);
     const session = this.session;
     if (!this.available || !session || session.closed) {
       return Promise.reject(

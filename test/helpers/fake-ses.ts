@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+import { maxInWindow } from './windows';
 
 const TLS_DIR = path.join(__dirname, '..', 'fixtures', 'tls');
 /** The private CA that signed the fake's certificate: pass as `tls: { ca }` to clients. */
@@ -305,18 +306,11 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
       return authCount;
     },
     recipientsReceived: () => messages.reduce((n, m) => n + m.recipients.length, 0),
-    maxRecipientsInWindow(ms: number): number {
-      const sorted = [...messages].sort((a, b) => a.at - b.at);
-      let best = 0;
-      let sum = 0;
-      let lo = 0;
-      for (let hi = 0; hi < sorted.length; hi++) {
-        sum += sorted[hi].recipients.length;
-        while (sorted[hi].at - sorted[lo].at >= ms) sum -= sorted[lo++].recipients.length;
-        best = Math.max(best, sum);
-      }
-      return best;
-    },
+    maxRecipientsInWindow: (ms: number) =>
+      maxInWindow(
+        messages.map((m) => ({ at: m.at, n: m.recipients.length })),
+        ms,
+      ),
     waitFor(what, timeoutMs = 10_000) {
       const done = typeof what === 'number' ? () => messages.length >= what : () => what(messages);
       if (done()) return Promise.resolve();
