@@ -24,6 +24,7 @@ import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
 import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
 import { reportAttempt, type Deferral } from './delivery-report';
+import { UpstreamWindow } from './upstream-window';
 
 export interface DispatcherOptions {
   spool: Spool;
@@ -82,6 +83,8 @@ export class Dispatcher {
   /** Free SMTP transaction slots (one per pooled connection) and who waits for one. */
   private sendSlotsFree: number;
   private readonly slotWaiters: Array<() => void> = [];
+  /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
+  private readonly upstreamWindow: UpstreamWindow;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
@@ -101,6 +104,8 @@ export class Dispatcher {
     this.throttleRetryMs = options.throttleRetryMs ?? [1000, 5000];
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
     this.maxSleepMs = options.maxSleepMs ?? 5000;
+    const burst = Math.max(1, Math.floor(options.burst));
+    this.upstreamWindow = new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
   }
 
   start(): void {
@@ -296,6 +301,7 @@ export class Dispatcher {
         await this.acquireSendSlot(this.abort.signal);
         slot = true;
         await this.limiter.acquire(chunk.length, this.abort.signal);
+        await this.upstreamWindow.admit(chunk.length, this.abort.signal);
       } catch (err) {
         if (slot) this.releaseSendSlot();
         if (task.abandoned) return;
@@ -321,6 +327,7 @@ export class Dispatcher {
       try {
         results = await this.sendTransaction(task, chunk);
       } finally {
+        this.upstreamWindow.done(chunk.length);
         this.releaseSendSlot();
       }
       if (task.abandoned) return;
