@@ -1,0 +1,273 @@
+/**
+ * Read-only queue inspection for operators (like Postfix's `mailq` and `postcat`):
+ *
+ *   node dist/cli/queue.js summary [--json]
+ *   node dist/cli/queue.js list [pending|deferred|failed] [--limit N] [--json]
+ *   node dist/cli/queue.js show QUEUE-ID [--json]
+ *   node dist/cli/queue.js body QUEUE-ID          (the stored bytes, as accepted, on stdout)
+ *
+ * The spool directory is SPOOL_DIR (via loadConfig). It never writes to the spool, so it is safe to
+ * run beside the relay. Exit codes: 0 ok, 1 usage error or no such message, 2 spool unreadable or
+ * configuration error.
+ */
+import { once } from 'node:events';
+import ms from 'ms';
+import { ConfigError, loadConfig } from '../config';
+import {
+  SpoolInspector,
+  SpoolUnreadableError,
+  type InspectState,
+  type MessageDetail,
+  type QueueEntry,
+  type SpoolSummary,
+} from '../spool/spool-inspector';
+
+export interface QueueCliIo {
+  env: NodeJS.ProcessEnv;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  now?: number;
+}
+
+const USAGE = `usage: queue <command> [--json]
+  summary                                    counts: pending, deferred, failed, oldest, recipients by status
+  list [pending|deferred|failed] [--limit N] messages in that state (default pending, limit 100)
+  show QUEUE-ID                              envelope, recipients with status and last reply, attempts
+  body QUEUE-ID                              the stored message bytes on stdout
+reads the spool in SPOOL_DIR without writing; exit 0 ok, 1 usage or not found, 2 spool unreadable`;
+
+class UsageError extends Error {}
+
+const STATES: InspectState[] = ['pending', 'deferred', 'failed'];
+
+interface Parsed {
+  command: string;
+  positional: string[];
+  json: boolean;
+  limit?: number;
+}
+
+function parseArgs(args: string[]): Parsed {
+  const positional: string[] = [];
+  let json = false;
+  let limit: number | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--json') json = true;
+    else if (a === '--limit' || a.startsWith('--limit=')) {
+      const value = a === '--limit' ? args[++i] : a.slice('--limit='.length);
+      if (value === undefined || !/^[1-9][0-9]*$/.test(value)) {
+        throw new UsageError('--limit needs a whole number > 0');
+      }
+      limit = Number(value);
+    } else if (a === '-h' || a === '--help') positional.unshift('help');
+    else if (a.startsWith('-')) throw new UsageError(`unknown option ${a}`);
+    else positional.push(a);
+  }
+  const [command = '', ...rest] = positional;
+  return { command, positional: rest, json, limit };
+}
+
+function time(ts: number | undefined): string {
+  return ts === undefined ? '-' : new Date(ts).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function age(msValue: number): string {
+  return ms(Math.max(0, Math.round(msValue)));
+}
+
+function table(rows: string[][]): string[] {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) =>
+    r
+      .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c])))
+      .join('  ')
+      .trimEnd(),
+  );
+}
+
+function oneLine(text: string | undefined, max = 80): string {
+  if (text === undefined) return '-';
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+}
+
+/** `454 Throttling failure` whether or not the stored reply text already starts with its code. */
+function withCode(code: number | undefined, reply: string): string {
+  return code === undefined || reply.startsWith(String(code)) ? reply : `${code} ${reply}`;
+}
+
+function formatSummary(s: SpoolSummary): string[] {
+  const r = s.recipientsByStatus;
+  return [
+    `pending:   ${s.pendingMessages} messages, ${s.pendingRecipients} recipients`,
+    `deferred:  ${s.deferredMessages} messages (waiting for a retry)`,
+    `failed:    ${s.failedMessages} messages (kept for inspection)`,
+    `oldest:    ${s.oldestPendingAgeMs === undefined ? '-' : `${age(s.oldestPendingAgeMs)} (${time(s.oldestPendingReceivedAt)})`}`,
+    `next due:  ${time(s.nextAttemptAt)}`,
+    `recipients: pending ${r.pending}, delivered ${r.delivered}, failed ${r.failed}, ` +
+      `suppressed ${r.suppressed}, expired ${r.expired}`,
+    `bodies:    ${s.bodyBytes} bytes (${s.bodiesInFiles} in files)`,
+  ];
+}
+
+function formatList(entries: QueueEntry[], state: InspectState, now: number): string[] {
+  if (entries.length === 0) return [`no ${state} messages`];
+  const header = ['QUEUE-ID', 'AGE', 'RECEIVED', 'FROM', 'RCPT', 'PENDING', 'FAILED', 'TRIES'];
+  header.push(state === 'failed' ? 'FINISHED' : 'NEXT-ATTEMPT', 'LAST-REPLY');
+  const rows = entries.map((e) => [
+    e.id,
+    age(now - e.receivedAt),
+    time(e.receivedAt),
+    e.mailFrom === '' ? '<>' : e.mailFrom,
+    String(e.recipients),
+    String(e.pendingRecipients),
+    String(e.failedRecipients),
+    String(e.attempts),
+    time(state === 'failed' ? e.finishedAt : e.nextAttemptAt),
+    e.lastReply === undefined ? '-' : oneLine(withCode(e.lastCode, e.lastReply)),
+  ]);
+  return table([header, ...rows]);
+}
+
+function formatShow(m: MessageDetail): string[] {
+  const lines = [
+    `queue id:    ${m.id}`,
+    `state:       ${m.state}`,
+    `from:        ${m.envelope.mailFrom === '' ? '<>' : m.envelope.mailFrom}`,
+    `received:    ${time(m.receivedAt)} from ${m.reception.clientAddress}` +
+      (m.reception.heloName ? ` (helo ${m.reception.heloName})` : '') +
+      (m.reception.authUser ? ` as ${m.reception.authUser}` : ''),
+    `size:        ${m.size} bytes (${m.body.storage === 'file' ? `file ${m.body.path}` : 'inline'})`,
+    `attempts:    ${m.attempts}`,
+  ];
+  if (m.state === 'pending') lines.push(`next:        ${time(m.nextAttemptAt)}`);
+  if (m.finishedAt !== undefined) lines.push(`finished:    ${time(m.finishedAt)}`);
+  lines.push('recipients:');
+  const rows = m.recipients.map((r) => [
+    `  ${r.recipient}`,
+    r.status,
+    r.code === undefined ? '-' : String(r.code),
+    r.reply === undefined ? '-' : oneLine(r.reply, 200),
+  ]);
+  return [...lines, ...table(rows)];
+}
+
+function write(stream: NodeJS.WritableStream, lines: string[]): void {
+  stream.write(`${lines.join('\n')}\n`);
+}
+
+async function pipeBody(inspector: SpoolInspector, id: string, out: NodeJS.WritableStream): Promise<boolean> {
+  const body = inspector.bodyStream(id);
+  if (!body) return false;
+  for await (const chunk of body) {
+    if (!out.write(chunk as Buffer)) await once(out, 'drain');
+  }
+  return true;
+}
+
+/** Run one command; resolves with the exit code. */
+export async function runQueueCli(args: string[], io: QueueCliIo): Promise<number> {
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs(args);
+    if (parsed.command === 'help') {
+      write(io.stdout, [USAGE]);
+      return 0;
+    }
+    if (!['summary', 'list', 'show', 'body'].includes(parsed.command)) {
+      throw new UsageError(parsed.command ? `unknown command "${parsed.command}"` : 'a command is needed');
+    }
+    const max = parsed.command === 'summary' ? 0 : 1;
+    if (parsed.positional.length > max) throw new UsageError(`too many arguments for ${parsed.command}`);
+    if ((parsed.command === 'show' || parsed.command === 'body') && parsed.positional.length !== 1) {
+      throw new UsageError(`${parsed.command} needs a QUEUE-ID`);
+    }
+    if (
+      parsed.command === 'list' &&
+      parsed.positional[0] &&
+      !STATES.includes(parsed.positional[0] as InspectState)
+    ) {
+      throw new UsageError(`list takes pending, deferred or failed, not "${parsed.positional[0]}"`);
+    }
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    write(io.stderr, [`queue: ${err.message}`, USAGE]);
+    return 1;
+  }
+
+  let inspector: SpoolInspector;
+  try {
+    inspector = SpoolInspector.open(loadConfig(io.env).spool.dir);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      write(io.stderr, [`queue: configuration error: ${err.message}`]);
+      return 2;
+    }
+    if (err instanceof SpoolUnreadableError) {
+      write(io.stderr, [`queue: ${err.message}`]);
+      return 2;
+    }
+    throw err;
+  }
+
+  const now = io.now ?? Date.now();
+  try {
+    switch (parsed.command) {
+      case 'summary': {
+        const summary = inspector.summary(now);
+        write(io.stdout, parsed.json ? [JSON.stringify(summary)] : formatSummary(summary));
+        return 0;
+      }
+      case 'list': {
+        const state = (parsed.positional[0] ?? 'pending') as InspectState;
+        const entries = inspector.list({ state, limit: parsed.limit ?? 100, now });
+        write(io.stdout, parsed.json ? [JSON.stringify(entries)] : formatList(entries, state, now));
+        return 0;
+      }
+      case 'show': {
+        const detail = inspector.show(parsed.positional[0]);
+        if (!detail) {
+          write(io.stderr, [`queue: no message ${parsed.positional[0]} in the spool`]);
+          return 1;
+        }
+        write(io.stdout, parsed.json ? [JSON.stringify(detail)] : formatShow(detail));
+        return 0;
+      }
+      default: {
+        if (!(await pipeBody(inspector, parsed.positional[0], io.stdout))) {
+          write(io.stderr, [`queue: no message ${parsed.positional[0]} in the spool`]);
+          return 1;
+        }
+        return 0;
+      }
+    }
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // A message finished (and its body file removed) between the lookup and the read.
+    if (e.code === 'ENOENT') {
+      write(io.stderr, [`queue: message ${parsed.positional[0]} left the spool while reading it`]);
+      return 1;
+    }
+    write(io.stderr, [`queue: cannot read spool: ${e.message}`]);
+    return 2;
+  } finally {
+    inspector.close();
+  }
+}
+
+if (require.main === module) {
+  runQueueCli(process.argv.slice(2), {
+    env: process.env,
+    stdout: process.stdout,
+    stderr: process.stderr,
+  }).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`queue: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 2;
+    },
+  );
+}
