@@ -21,11 +21,11 @@ test('admits while the window has room, then waits for in-flight work and for th
   const next = w.admit(3).then(() => (admitted = true));
   await new Promise((r) => setImmediate(r));
   assert.equal(admitted, false, 'full window: waits');
-  w.done(6); // 6 reached SES at t=0: still counted for one second
+  w.done({ n: 6 }); // 6 reached SES at t=0: still counted for one second
   await new Promise((r) => setImmediate(r));
   assert.equal(admitted, false, 'finished transactions still count within the window');
   c.advance(1001);
-  w.done(0); // any event re-checks
+  w.done({ n: 0 }); // any event re-checks
   await next;
   assert.equal(w.load(), 4 + 3);
   w.close();
@@ -41,9 +41,9 @@ test('waiters are served in order, a big one is not overtaken by small ones', as
   await new Promise((r) => setImmediate(r));
   assert.deepEqual(order, [], 'the small one does not jump the queue although it would fit');
   c.advance(1001);
-  w.done(8);
+  w.done({ n: 8 });
   c.advance(1001);
-  w.done(0);
+  w.done({ n: 0 });
   await Promise.all([big, small]);
   assert.deepEqual(order, [9, 1]);
   w.close();

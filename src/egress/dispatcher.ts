@@ -24,7 +24,7 @@ import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
 import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
 import { reportAttempt, type Deferral } from './delivery-report';
-import { UpstreamWindow } from './upstream-window';
+import { UpstreamWindow, type SendTicket, type SendWindow } from './upstream-window';
 
 export interface DispatcherOptions {
   spool: Spool;
@@ -84,7 +84,7 @@ export class Dispatcher {
   private sendSlotsFree: number;
   private readonly slotWaiters: Array<() => void> = [];
   /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
-  private readonly upstreamWindow: UpstreamWindow;
+  private readonly upstreamWindow: SendWindow;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
@@ -105,7 +105,9 @@ export class Dispatcher {
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
     this.maxSleepMs = options.maxSleepMs ?? 5000;
     const burst = Math.max(1, Math.floor(options.burst));
-    this.upstreamWindow = new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
+    this.upstreamWindow =
+      this.limiter.sendWindow?.() ??
+      new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
   }
 
   start(): void {
@@ -295,13 +297,14 @@ export class Dispatcher {
         break;
       }
       let slot = false;
+      let ticket: SendTicket | undefined;
       try {
         // A connection slot first, then the tokens: tokens are never spent on a transaction that
         // would then queue inside the pool waiting for a connection (and reach SES in a bunch).
         await this.acquireSendSlot(this.abort.signal);
         slot = true;
         await this.limiter.acquire(chunk.length, this.abort.signal);
-        await this.upstreamWindow.admit(chunk.length, this.abort.signal);
+        ticket = await this.upstreamWindow.admit(chunk.length, this.abort.signal);
       } catch (err) {
         if (slot) this.releaseSendSlot();
         if (task.abandoned) return;
@@ -327,7 +330,7 @@ export class Dispatcher {
       try {
         results = await this.sendTransaction(task, chunk);
       } finally {
-        this.upstreamWindow.done(chunk.length);
+        this.upstreamWindow.done(ticket!);
         this.releaseSendSlot();
       }
       if (task.abandoned) return;

@@ -5,6 +5,7 @@
  *
  * Guarantee: over any window of W seconds, tokens granted <= rate * W + burst.
  */
+import type { SendWindow } from './upstream-window';
 
 export class LimiterUnavailableError extends Error {
   constructor(
@@ -37,6 +38,11 @@ export interface RecipientLimiter {
   status(): LimiterStatus;
   /** Stop timers and connections; pending acquires reject. */
   stop(): Promise<void>;
+  /**
+   * A send-time window shared with other replicas (see upstream-window.ts), when the limiter has one;
+   * otherwise the dispatcher keeps its own in-process window.
+   */
+  sendWindow?(): SendWindow;
 }
 
 /**

@@ -38,6 +38,8 @@ import {
   limiterWaitSeconds,
 } from './limiter-metrics';
 import { SharedThrottle } from './redis-shared-throttle';
+import { RedisUpstreamWindow } from './redis-upstream-window';
+import type { SendWindow } from './upstream-window';
 
 /** Largest reservoir increment per interval: the bound's slack over burst + rate * W (recipients). */
 export const MAX_INCREASE_AMOUNT = 0.25;
@@ -115,6 +117,7 @@ export class RedisLimiter implements RecipientLimiter {
   private readonly commandTimeoutMs: number;
   private readonly control: Redis;
   private readonly shared: SharedThrottle;
+  private upstream?: RedisUpstreamWindow;
   private readonly timer: NodeJS.Timeout;
   private session?: Session;
   private available = false;
@@ -422,6 +425,16 @@ export class RedisLimiter implements RecipientLimiter {
       .catch((err: unknown) => this.logger?.warn({ err }, 'limiter: applying the slow-down failed'));
   }
 
+  /** The send-time guard shared by every replica of this limiter id (redis-upstream-window.ts). */
+  sendWindow(): SendWindow {
+    this.upstream ??= new RedisUpstreamWindow(this.control, {
+      limiterId: this.options.limiterId,
+      capacity: () => this.status().effectiveRate + this.burst,
+      available: () => this.available,
+    });
+    return this.upstream;
+  }
+
   status(): LimiterStatus {
     return {
       rate: this.rate,
@@ -440,6 +453,7 @@ export class RedisLimiter implements RecipientLimiter {
     this.available = false;
     limiterAvailable.set(0);
     if (this.session) this.dispose(this.session);
+    this.upstream?.close();
     this.control.disconnect();
   }
 }

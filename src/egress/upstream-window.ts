@@ -29,7 +29,26 @@ interface Waiter {
   reject: (err: Error) => void;
 }
 
-export class UpstreamWindow {
+/** An admitted upstream transaction, handed back to done(). */
+export interface SendTicket {
+  n: number;
+  /** Implementation detail (e.g. the shared window's entry name). */
+  id?: string;
+}
+
+/**
+ * The guard as the dispatcher sees it: this in-process window, or the Redis-shared one of a RedisLimiter
+ * (redis-upstream-window.ts), which covers every replica's traffic.
+ */
+export interface SendWindow {
+  /** Wait until `n` more recipients fit, then count them as in flight. */
+  admit(n: number, signal?: AbortSignal): Promise<SendTicket>;
+  /** The admitted transaction finished (accepted, refused or failed). */
+  done(ticket: SendTicket): void;
+  close(): void;
+}
+
+export class UpstreamWindow implements SendWindow {
   private readonly windowMs: number;
   private readonly now: () => number;
   /** Upstream transactions finished within the window: [time, recipients], oldest first. */
@@ -45,18 +64,18 @@ export class UpstreamWindow {
   }
 
   /** Wait until `n` more recipients fit in the window, then count them as in flight. */
-  admit(n: number, signal?: AbortSignal): Promise<void> {
+  admit(n: number, signal?: AbortSignal): Promise<SendTicket> {
     if (signal?.aborted) return Promise.reject(new Error('aborted'));
     if (this.waiters.length === 0 && this.fits(n)) {
       this.inFlight += n;
-      return Promise.resolve();
+      return Promise.resolve({ n });
     }
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<SendTicket>((resolve, reject) => {
       const waiter: Waiter = {
         n,
         resolve: () => {
           signal?.removeEventListener('abort', onAbort);
-          resolve();
+          resolve({ n });
         },
         reject,
       };
@@ -73,7 +92,8 @@ export class UpstreamWindow {
   }
 
   /** The transaction admitted for `n` recipients has finished (accepted, refused or failed). */
-  done(n: number): void {
+  done(ticket: SendTicket): void {
+    const n = ticket.n;
     this.inFlight = Math.max(0, this.inFlight - n);
     this.sent.push([this.now(), n]);
     this.sentSum += n;
