@@ -2,16 +2,14 @@
  * kill -9 of the relay in the middle of a burst: every message that got 250 is delivered after the restart
  * (at-least-once). Messages the client never saw acknowledged may or may not arrive.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeSes } from './helpers/fake-ses';
 import { fakeSesEnv, startRelayProcess, stopRelayProcess, tempDir } from './helpers/relay-process';
 import { markerOf, sendMany } from './helpers/mail';
+import { cleanupAfterAll } from './helpers/cleanup';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 test('kill -9 during a burst loses no acknowledged message', async () => {
   const ses = await startFakeSes();

@@ -3,13 +3,14 @@
  * sessions, one connection per message and kept-open connections, several recipients per transaction.
  * Everything acknowledged must reach the fake SES, split into transactions of at most 50 recipients.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { startFakeSes } from './helpers/fake-ses';
 import { fakeSesEnv, metricValue, startRelayProcess, stopRelayProcess } from './helpers/relay-process';
+import { cleanupAfterAll } from './helpers/cleanup';
 
 const run = promisify(execFile);
 const SMTP_SOURCE = ['/usr/sbin/smtp-source', '/usr/bin/smtp-source'].find((p) => fs.existsSync(p));
@@ -18,10 +19,7 @@ const skip = SMTP_SOURCE
   : 'smtp-source (Debian package postfix) is not installed: run scripts/install-test-deps.sh';
 if (skip) console.error(`SKIP postfix-peer.test.ts: ${skip}`);
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 async function smtpSource(port: number, args: string[]) {
   return run(

@@ -2,7 +2,7 @@
  * End to end through a real relay process: nodemailer → relay (ingress, spool, dispatcher) → fake SES over
  * STARTTLS with AUTH; health, readiness and metrics endpoints; the embedded outbox mode.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,11 +15,9 @@ import {
   type RelayProcess,
 } from './helpers/relay-process';
 import { markerOf, sendMany, relayClient, numberedMessage } from './helpers/mail';
+import { cleanupAfterAll } from './helpers/cleanup';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 test('mail goes through the relay to SES byte for byte, with logs and metrics', async () => {
   const ses = await startFakeSes();

@@ -2,7 +2,7 @@
  * Restart recovery: mail accepted while SES is unreachable stays in the spool across a graceful restart
  * and is delivered once SES answers; SIGTERM exits 0 and keeps the queue.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeSes } from './helpers/fake-ses';
 import {
@@ -14,11 +14,9 @@ import {
   tempDir,
 } from './helpers/relay-process';
 import { markerOf, sendMany } from './helpers/mail';
+import { cleanupAfterAll } from './helpers/cleanup';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 test('queued mail survives a restart and is delivered afterwards', async () => {
   const spoolDir = tempDir();

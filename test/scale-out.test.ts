@@ -10,7 +10,7 @@
  * acknowledged with 250 is delivered (at least once).
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { startFakeSes, type FakeSes, type ReceivedMessage } from './helpers/fake-ses';
 import { markerOf, sendMany } from './helpers/mail';
 import {
@@ -22,6 +22,7 @@ import {
 } from './helpers/relay-process';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';
 import { busiestWindow } from './helpers/windows';
+import { cleanupAfterAll } from './helpers/cleanup';
 
 const RATE = 40;
 const BURST = 10;
@@ -55,10 +56,7 @@ async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, t
   }
 }
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 test(
   'three replicas, one Redis, one SES rate: bounded, >= 95 %; Redis outage, kill -9 and scale-down lose nothing',

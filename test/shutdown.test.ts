@@ -2,15 +2,13 @@
  * Graceful shutdown of the relay process: on SIGTERM new sessions get 421 4.3.2, a transaction in the middle
  * of DATA finishes with 250, and the process exits 0 within SHUTDOWN_TIMEOUT; what is queued stays spooled.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { fakeSesEnv, freePort, startRelayProcess, stopRelayProcess } from './helpers/relay-process';
+import { cleanupAfterAll } from './helpers/cleanup';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+const cleanups = cleanupAfterAll();
 
 /** Minimal line reader over a raw socket. */
 function session(port: number) {

@@ -17,12 +17,13 @@ import {
   type RelayProcess,
 } from './helpers/relay-process';
 import { RawSmtpClient } from './helpers/smtp-client';
+import { cleanupAfterAll } from './helpers/cleanup';
 
 const TABLE = 'e2e-suppression';
 const KEYS_TABLE = 'e2e-api-keys';
 
 let db: Dynalite;
-const cleanups: Array<() => Promise<unknown>> = [];
+const cleanups = cleanupAfterAll();
 
 before(async () => {
   db = await startDynalite();
@@ -39,7 +40,6 @@ before(async () => {
   });
 });
 after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
   await db?.close();
 });
 
