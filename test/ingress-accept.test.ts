@@ -9,12 +9,13 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
-import { createLogger, silentLogger } from '../src/observability/logger';
+import { createLogger } from '../src/observability/logger';
 import { registry } from '../src/observability/metrics';
 import { createSmtpListener, type SmtpListener } from '../src/ingress/smtp-listener';
 import { SqliteSpool } from '../src/spool/sqlite-spool';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -35,8 +36,7 @@ describe('ingress: accepting mail into the real SqliteSpool', () => {
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ingress-accept-'));
     spool = await SqliteSpool.open({ dir });
-    listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    ({ listener } = await startTestListener({}, { spool }));
   });
   after(async () => {
     await listener.close(1000);
@@ -152,12 +152,7 @@ describe('ingress: log line and metrics per accepted message', () => {
 
 describe('ingress sessions gauge', () => {
   it('counts open sessions in ses_relay_smtp_sessions', async () => {
-    const listener = createSmtpListener({
-      config: testIngressConfig(),
-      spool: new MemorySpool(),
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener } = await startTestListener();
     const base = await metricValue('ses_relay_smtp_sessions');
     const c = await RawSmtpClient.connect(listener.address().port);
     try {

@@ -10,16 +10,11 @@ import { TrustedNetworks } from '../src/ingress/client-access';
 import { createSmtpListener } from '../src/ingress/smtp-listener';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 describe('ingress without users', () => {
   it('refuses untrusted clients at MAIL FROM with 550 5.7.1 and does not offer AUTH', async () => {
-    const spool = new MemorySpool();
-    const listener = createSmtpListener({
-      config: testIngressConfig({ trustedNetworks: ['10.0.0.0/8'] }),
-      spool,
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener, spool } = await startTestListener({ trustedNetworks: ['10.0.0.0/8'] });
     const c = await RawSmtpClient.connect(listener.address().port);
     try {
       await c.read();

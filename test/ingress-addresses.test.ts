@@ -4,11 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { silentLogger } from '../src/observability/logger';
+
 import { checkAddress } from '../src/ingress/address-syntax';
-import { createSmtpListener, type SmtpListener } from '../src/ingress/smtp-listener';
+import { type SmtpListener } from '../src/ingress/smtp-listener';
 import { MemorySpool } from './helpers/memory-spool';
-import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { RawSmtpClient } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 describe('ingress address syntax over SMTP', () => {
   let listener: SmtpListener;
@@ -16,8 +17,7 @@ describe('ingress address syntax over SMTP', () => {
   let c: RawSmtpClient;
   before(async () => {
     spool = new MemorySpool();
-    listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    ({ listener } = await startTestListener({}, { spool }));
     c = await RawSmtpClient.connect(listener.address().port);
     await c.read();
     await c.command('EHLO client.test');

@@ -8,16 +8,13 @@ import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import nodemailer from 'nodemailer';
 import type SMTPTransport from 'nodemailer/lib/smtp-transport';
-import { silentLogger } from '../src/observability/logger';
+
 import { AuthUnavailableError, type Authenticator } from '../src/ingress/authenticator';
-import {
-  createSmtpListener,
-  type SmtpListener,
-  type SmtpListenerOptions,
-} from '../src/ingress/smtp-listener';
+import { type SmtpListener, type SmtpListenerOptions } from '../src/ingress/smtp-listener';
 import { StaticUserAuthenticator } from '../src/ingress/static-users';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig, testTls } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 const tlsFiles = testTls();
 const users = [{ username: 'alice', bcryptHash: bcrypt.hashSync('s3cret', 4) }];
@@ -25,24 +22,12 @@ const plain = (u: string, p: string): string => Buffer.from(`\0${u}\0${p}`).toSt
 
 async function start(
   overrides: Parameters<typeof testIngressConfig>[0] = {},
-  extra: Partial<SmtpListenerOptions> = {},
+  extra: Partial<Omit<SmtpListenerOptions, 'config' | 'spool'>> = {},
 ): Promise<{ listener: SmtpListener; spool: MemorySpool; port: number }> {
-  const spool = new MemorySpool();
-  const listener = createSmtpListener({
-    config: testIngressConfig({
-      users,
-      trustedNetworks: [],
-      tls: tlsFiles,
-      authMaxFailures: 3,
-      ...overrides,
-    }),
-    spool,
-    logger: silentLogger,
-    authFailureDelayMs: 10,
-    ...extra,
-  });
-  await listener.listen();
-  return { listener, spool, port: listener.address().port };
+  return startTestListener(
+    { users, trustedNetworks: [], tls: tlsFiles, authMaxFailures: 3, ...overrides },
+    { authFailureDelayMs: 10, ...extra },
+  );
 }
 
 async function greeted(port: number): Promise<RawSmtpClient> {

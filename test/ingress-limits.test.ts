@@ -6,10 +6,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { silentLogger } from '../src/observability/logger';
-import { createSmtpListener, type SmtpListener } from '../src/ingress/smtp-listener';
+
+import { type SmtpListener } from '../src/ingress/smtp-listener';
 import { MemorySpool } from './helpers/memory-spool';
-import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { RawSmtpClient } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 const LIMIT = 1024 * 1024;
 
@@ -44,12 +45,7 @@ describe('ingress message size', () => {
   let c: RawSmtpClient;
   before(async () => {
     spool = new MemorySpool();
-    listener = createSmtpListener({
-      config: testIngressConfig({ maxMessageSize: LIMIT }),
-      spool,
-      logger: silentLogger,
-    });
-    await listener.listen();
+    ({ listener } = await startTestListener({ maxMessageSize: LIMIT }, { spool }));
     c = await RawSmtpClient.connect(listener.address().port);
     await c.read();
     await c.command('EHLO client.test');
@@ -109,13 +105,7 @@ describe('ingress message size', () => {
 
 describe('ingress recipients per message', () => {
   it('answers 452 4.5.3 for recipients beyond SMTP_MAX_RECIPIENTS; repeats do not count', async () => {
-    const spool = new MemorySpool();
-    const listener = createSmtpListener({
-      config: testIngressConfig({ maxRecipients: 3 }),
-      spool,
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener, spool } = await startTestListener({ maxRecipients: 3 });
     const c = await RawSmtpClient.connect(listener.address().port);
     try {
       await c.read();
@@ -137,12 +127,7 @@ describe('ingress recipients per message', () => {
 
 describe('ingress SMTP_MAX_CLIENTS', () => {
   it('answers 421 4.7.0 to connections beyond the limit and closes them', async () => {
-    const listener = createSmtpListener({
-      config: testIngressConfig({ maxClients: 2 }),
-      spool: new MemorySpool(),
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener } = await startTestListener({ maxClients: 2 });
     const port = listener.address().port;
     const a = await RawSmtpClient.connect(port);
     const b = await RawSmtpClient.connect(port);
@@ -171,12 +156,7 @@ describe('ingress SMTP_MAX_CLIENTS', () => {
 
 describe('ingress SMTP_SOCKET_TIMEOUT', () => {
   it('closes an idle session with 421 after the socket timeout', async () => {
-    const listener = createSmtpListener({
-      config: testIngressConfig({ socketTimeoutMs: 300 }),
-      spool: new MemorySpool(),
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener } = await startTestListener({ socketTimeoutMs: 300 });
     const c = await RawSmtpClient.connect(listener.address().port);
     try {
       await c.read();

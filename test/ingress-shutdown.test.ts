@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { silentLogger } from '../src/observability/logger';
-import { createSmtpListener } from '../src/ingress/smtp-listener';
+
 import { MemorySpool } from './helpers/memory-spool';
-import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { RawSmtpClient } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 const SHUTDOWN = '421 4.3.2 Service shutting down, try again later';
 
@@ -26,8 +26,7 @@ async function startDataSession(port: number): Promise<RawSmtpClient> {
 describe('ingress graceful close', () => {
   it('lets a transaction in DATA finish, sends 421 4.3.2 to idle and new sessions', async () => {
     const spool = new MemorySpool();
-    const listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    const { listener } = await startTestListener({}, { spool });
     const port = listener.address().port;
     const idle = await RawSmtpClient.connect(port);
     await idle.read();
@@ -70,8 +69,7 @@ describe('ingress graceful close', () => {
 
   it('closes what is left by force once graceMs has passed', async () => {
     const spool = new MemorySpool();
-    const listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    const { listener } = await startTestListener({}, { spool });
     const stuck = await startDataSession(listener.address().port);
     await new Promise((r) => setTimeout(r, 50));
     const t0 = Date.now();

@@ -5,11 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { silentLogger } from '../src/observability/logger';
+
 import { LineEndingNormalizer, normalizeLineEndings } from '../src/ingress/line-endings';
-import { createSmtpListener, type SmtpListener } from '../src/ingress/smtp-listener';
+import { type SmtpListener } from '../src/ingress/smtp-listener';
 import { MemorySpool } from './helpers/memory-spool';
-import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { RawSmtpClient } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 const VARIANTS: Record<string, string> = {
   'LF.LF': '\n.\n',
@@ -40,8 +41,7 @@ describe('ingress SMTP smuggling', () => {
   let spool: MemorySpool;
   before(async () => {
     spool = new MemorySpool();
-    listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    ({ listener } = await startTestListener({}, { spool }));
   });
   after(() => listener.close(1000));
 

@@ -8,12 +8,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
-import { silentLogger } from '../src/observability/logger';
-import { createSmtpListener } from '../src/ingress/smtp-listener';
+
 import { SpoolWriteError } from '../src/spool/spool';
 import { SqliteSpool } from '../src/spool/sqlite-spool';
 import { MemorySpool } from './helpers/memory-spool';
-import { RawSmtpClient, testIngressConfig } from './helpers/smtp-client';
+import { RawSmtpClient } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 async function sendRaw(c: RawSmtpClient, body: string): Promise<string> {
   assert.equal((await c.command('MAIL FROM:<a@example.com>')).code, 250);
@@ -27,8 +27,7 @@ describe('ingress spool failures', () => {
   it('answers 452 4.3.1 when the real SqliteSpool cannot store (closed), and nothing is acknowledged', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ingress-spool-err-'));
     const spool = await SqliteSpool.open({ dir });
-    const listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    const { listener } = await startTestListener({}, { spool });
     const transport = nodemailer.createTransport({
       host: '127.0.0.1',
       port: listener.address().port,
@@ -59,8 +58,7 @@ describe('ingress spool failures', () => {
 
   it('answers 452 4.3.1 for SpoolWriteError and unexpected errors; the session goes on', async () => {
     const spool = new MemorySpool();
-    const listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    const { listener } = await startTestListener({}, { spool });
     const c = await RawSmtpClient.connect(listener.address().port);
     try {
       await c.read();
@@ -80,8 +78,7 @@ describe('ingress spool failures', () => {
 
   it('keeps nothing when the client disconnects mid-DATA, and keeps serving others', async () => {
     const spool = new MemorySpool();
-    const listener = createSmtpListener({ config: testIngressConfig(), spool, logger: silentLogger });
-    await listener.listen();
+    const { listener } = await startTestListener({}, { spool });
     try {
       const c = await RawSmtpClient.connect(listener.address().port);
       await c.read();

@@ -9,6 +9,7 @@ import { silentLogger } from '../src/observability/logger';
 import { createSmtpListener } from '../src/ingress/smtp-listener';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig, testTls } from './helpers/smtp-client';
+import { startTestListener } from './helpers/ingress-listener';
 
 const tlsFiles = testTls();
 const users = [{ username: 'alice', bcryptHash: bcrypt.hashSync('s3cret', 4) }];
@@ -67,13 +68,7 @@ describe('ingress implicit TLS', () => {
 
 describe('ingress STARTTLS', () => {
   it('upgrades with STARTTLS, forgets the pre-TLS EHLO and accepts mail', async () => {
-    const spool = new MemorySpool();
-    const listener = createSmtpListener({
-      config: testIngressConfig({ tls: tlsFiles }),
-      spool,
-      logger: silentLogger,
-    });
-    await listener.listen();
+    const { listener } = await startTestListener({ tls: tlsFiles });
     try {
       const transport = nodemailer.createTransport({
         host: '127.0.0.1',
