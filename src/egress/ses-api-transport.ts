@@ -169,7 +169,7 @@ export function classifyApiError(err: unknown): ApiOutcome {
   if (AUTH_ERRORS.has(name) || status === 401 || status === 403) {
     return outcome('transient', 451, '4.7.0', {
       operator:
-        'SES refused our AWS credentials or IAM policy (needs ses:SendRawEmail or ses:SendEmail): mail stays queued',
+        'SES refused our AWS credentials or IAM policy (the role needs ses:SendEmail): mail stays queued',
     });
   }
   if (status === 413) return outcome('permanent', 552, '5.3.4');
