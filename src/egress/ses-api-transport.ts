@@ -2,13 +2,15 @@
  * SES over the v2 API (SES_TRANSPORT=api): each upstream transaction is one `SendEmail` call
  * (@aws-sdk/client-sesv2) with
  * - `Content.Raw.Data` = the spooled bytes, unchanged (the SDK base64-encodes them);
- * - `Destination.ToAddresses` = the envelope recipients of this transaction. For raw content SES delivers
- *   to the Destination addresses, not to the To/Cc/Bcc header fields (SES developer guide, "Sending raw
- *   email using the Amazon SES API v2": the destinations given with the call are the envelope recipients,
- *   and the message's headers are sent as they are). So a Bcc recipient, in no header, is delivered, and the
- *   header fields never add a recipient the relay did not accept (no bypass of the suppression list). The
- *   addresses are passed in ToAddresses only because the API has no plain "envelope" list; SES does not
- *   rewrite the message's To: header from it for raw content.
+ * - `Destination.ToAddresses` = the envelope recipients of this transaction. What the documentation says:
+ *   SendEmail's `Destination` is "an object that contains the recipients of the email message"
+ *   (APIReference-V2/API_SendEmail.html), and for Raw content "you have to specify all of the message
+ *   headers" (same page): SES composes no headers from Destination for raw mail. With the v1 API's
+ *   SendRawEmail, once Destinations is given the addresses in the message's headers are no longer used
+ *   (observed and reported in drewblas/aws-ses#53). So a Bcc recipient, in no header, is delivered, and a
+ *   header field never adds a recipient the relay did not accept (no bypass of the suppression list).
+ *   All go in ToAddresses because the API has no plain envelope list; for raw content To/Cc/Bcc are not
+ *   distinguished. (Not checkable here against real SES; the local endpoint in the tests records Destination.)
  * - `FromEmailAddress` and `FeedbackForwardingEmailAddress` = the envelope sender, as SES over SMTP uses
  *   MAIL FROM (both omitted for the null sender `<>`: SES then takes the From: header);
  * - `ConfigurationSetName` = SES_CONFIGURATION_SET, unless the message carries an X-SES-CONFIGURATION-SET
