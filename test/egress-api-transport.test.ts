@@ -207,6 +207,50 @@ describe('SesApiTransport against a local SES v2 endpoint', () => {
   });
 });
 
+describe('the local endpoint enforcing SES limits', () => {
+  it('over its recipient-counted rate: TooManyRequestsException, throttled', async () => {
+    const api = await startFakeSesApi({ rateLimit: { perSecond: 1, burst: 5 } });
+    const t = transport(api);
+    try {
+      const ok = await t.send(
+        tx(['a@example.com', 'b@example.com', 'c@example.com', 'd@example.com', 'e@example.com']),
+      );
+      assert.ok(ok.every((r) => r.class === 'delivered'));
+      const over = await t.send(tx(['f@example.com', 'g@example.com']));
+      assert.deepEqual(
+        over.map((r) => [r.class, r.code]),
+        [
+          ['throttled', 454],
+          ['throttled', 454],
+        ],
+      );
+      assert.match(over[0].reply, /TooManyRequestsException \(HTTP 429\): Maximum sending rate exceeded/);
+      assert.equal(api.throttledCount, 1);
+    } finally {
+      await t.close();
+      await api.close();
+    }
+  });
+
+  it('past its daily quota: transient with the daily-quota signal', async () => {
+    const api = await startFakeSesApi({
+      enforceDailyQuota: true,
+      account: { Max24HourSend: 3, SentLast24Hours: 2 },
+    });
+    const t = transport(api);
+    try {
+      assert.equal((await t.send(tx(['a@example.com'])))[0].class, 'delivered');
+      const res = await t.send(tx(['b@example.com']));
+      assert.equal(res[0].class, 'transient');
+      assert.equal(res[0].signal, 'daily-quota-exceeded');
+      assert.equal(api.account.SentLast24Hours, 3);
+    } finally {
+      await t.close();
+      await api.close();
+    }
+  });
+});
+
 describe('SES_CONFIGURATION_SET with the API', () => {
   it('names the default configuration set unless the message carries X-SES-CONFIGURATION-SET', async () => {
     const api = await startFakeSesApi();
