@@ -107,7 +107,10 @@ test('120 recipients through the API: 3 calls, Bcc delivered, MessageId in logs 
   assert.equal(metricValue(m, 'ses_relay_ses_max_send_rate'), 60);
   assert.ok(metricValue(m, 'ses_relay_ses_account_reads_total', { result: 'ok' }) >= 1);
   assert.equal(metricValue(m, 'ses_relay_recipients_delivered_total'), 100);
-  assert.ok(!JSON.stringify(relay.logs).includes('relay-secret'), 'the AWS secret key never reaches the logs');
+  assert.ok(
+    !JSON.stringify(relay.logs).includes('relay-secret'),
+    'the AWS secret key never reaches the logs',
+  );
 });
 
 test('a Bcc-only message: the envelope recipient is delivered, the headers name nobody', async () => {

@@ -181,6 +181,7 @@ export class LocalLimiter implements RecipientLimiter {
     if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`rate must be > 0, got ${rate}`);
     if (this.stopped) return;
     this.pendingRate = rate === this.controller.rate ? undefined : rate;
+    limiterRate.set(rate);
   }
 
   /** Inside the serialised tick: swap to the rate setRate() asked for. */
