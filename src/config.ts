@@ -56,8 +56,19 @@ export interface SpoolConfig {
   failedRetentionMs: number;
 }
 
+/** How mail leaves: SES over SMTP, SES over the v2 API, or the embedded outbox (.eml files). */
+export type EgressTransportKind = 'smtp' | 'api' | 'outbox';
+
 export interface EgressConfig {
-  /** Undefined: embedded mode, deliver to outboxDir as .eml files. */
+  /** SES_TRANSPORT (default: smtp when AWS_SMTP_HOST is set, else outbox). */
+  transport: EgressTransportKind;
+  /** AWS_REGION: the SES API's region (api transport, SES_RATE_LIMIT=auto). */
+  region?: string;
+  /** AWS_ENDPOINT_URL_SESV2 as validated here, for logs only: the SDK reads the variable itself. */
+  apiEndpoint?: string;
+  /** SES_CONFIGURATION_SET: default configuration set for relayed mail. */
+  configurationSet?: string;
+  /** SES SMTP endpoint (smtp transport). */
   sesHost?: string;
   sesPort: number;
   /** Implicit TLS upstream (port 465); otherwise STARTTLS is required. */
@@ -77,11 +88,25 @@ export interface EgressConfig {
   shutdownTimeoutMs: number;
 }
 
+/** SES_RATE_LIMIT=auto: the rate is read from SES (GetAccount's SendQuota.MaxSendRate). */
+export interface AutoRateConfig {
+  /** SES_RATE_FRACTION: share of MaxSendRate the relay uses (0 < f <= 1). */
+  fraction: number;
+  /** SES_RATE_FALLBACK: recipients per second while SES cannot be asked. */
+  fallbackRate: number;
+  /** SES_QUOTA_REFRESH: how often GetAccount is read again. */
+  refreshMs: number;
+}
+
 export interface LimiterConfig {
-  /** Recipients per second. */
+  /** Recipients per second (with auto: the fallback, until SES has been read). */
   rate: number;
   /** Most recipients that may go out at once above the steady rate. */
   burst: number;
+  /** True when SES_BURST was set (otherwise the burst is one second of the rate). */
+  burstExplicit: boolean;
+  /** Set when SES_RATE_LIMIT=auto. */
+  auto?: AutoRateConfig;
   /** Fraction of the rate kept after a 454 Throttling failure. */
   throttleFactor: number;
   /** How long the rate takes to recover fully after throttling. */
@@ -155,6 +180,29 @@ const positiveNumber = makeValidator<number>((input) => {
   return v;
 });
 
+/** SES_RATE_LIMIT: recipients per second, or `auto` (read from SES). */
+const rateOrAuto = makeValidator<number | 'auto'>((input) => {
+  if (String(input).trim().toLowerCase() === 'auto') return 'auto';
+  const v = Number(input);
+  if (String(input).trim() === '' || !Number.isFinite(v) || v <= 0)
+    throw new EnvError('must be a number > 0 or auto');
+  return v;
+});
+
+const httpUrl = makeValidator<string>((input) => {
+  const s = String(input).trim();
+  if (s === '') return '';
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw new EnvError('must be an http:// or https:// URL');
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    throw new EnvError('must be an http:// or https:// URL');
+  return s;
+});
+
 const positiveInt = makeValidator<number>((input) => {
   const v = Number(input);
   if (!Number.isInteger(v) || v <= 0) throw new EnvError('must be a whole number > 0');
@@ -217,6 +265,10 @@ const specs = {
   SPOOL_DIR: str({ default: './spool' }),
   SPOOL_FAILED_RETENTION: duration({ default: 7 * 24 * 3600_000 }),
 
+  SES_TRANSPORT: str({ choices: ['smtp', 'api', 'outbox'], default: undefined }),
+  AWS_REGION: str({ default: '' }),
+  AWS_ENDPOINT_URL_SESV2: httpUrl({ default: '' }),
+  SES_CONFIGURATION_SET: str({ default: '' }),
   AWS_SMTP_HOST: str({ default: '' }),
   AWS_SMTP_PORT: port({ default: 587 }),
   AWS_SMTP_USERNAME: str({ default: '' }),
@@ -232,7 +284,10 @@ const specs = {
   MAX_QUEUE_AGE: duration({ default: 5 * 24 * 3600_000 }),
   SHUTDOWN_TIMEOUT: duration({ default: 25_000 }),
 
-  SES_RATE_LIMIT: positiveNumber({ default: 14 }),
+  SES_RATE_LIMIT: rateOrAuto({ default: 14 }),
+  SES_RATE_FRACTION: positiveNumber({ default: 1 }),
+  SES_RATE_FALLBACK: positiveNumber({ default: 1 }),
+  SES_QUOTA_REFRESH: duration({ default: 5 * 60_000 }),
   SES_BURST: positiveInt({ default: undefined }),
   SES_THROTTLE_FACTOR: positiveNumber({ default: 0.5 }),
   SES_THROTTLE_RECOVERY: duration({ default: 60_000 }),
@@ -273,6 +328,43 @@ function readPem(variable: string, file: string): Buffer {
   }
 }
 
+/** The SES API limit on the raw message: 40 MB after base64 (ses-api-transport.ts), i.e. 30 MiB raw. */
+export const SES_API_MAX_RAW_MESSAGE_SIZE = 30 * 1024 * 1024;
+
+/** SMTP_MAX_MESSAGE_SIZE: with the API, the default shrinks to what SES's API accepts and more is refused. */
+function apiMessageSize(transport: EgressTransportKind, size: number, raw: string | undefined): number {
+  if (transport !== 'api') return size;
+  if (raw === undefined || raw.trim() === '') return SES_API_MAX_RAW_MESSAGE_SIZE;
+  if (size > SES_API_MAX_RAW_MESSAGE_SIZE) {
+    throw new ConfigError(
+      'SMTP_MAX_MESSAGE_SIZE',
+      `must be at most ${SES_API_MAX_RAW_MESSAGE_SIZE} with SES_TRANSPORT=api (SES's 40 MB limit applies after base64 encoding)`,
+    );
+  }
+  return size;
+}
+
+function autoRate(
+  limit: number | 'auto',
+  transport: EgressTransportKind,
+  region: string,
+  settings: AutoRateConfig,
+): AutoRateConfig | undefined {
+  if (settings.fraction > 1)
+    throw new ConfigError('SES_RATE_FRACTION', 'must be at most 1 (a share of MaxSendRate)');
+  if (limit !== 'auto') return undefined;
+  if (transport === 'outbox') {
+    throw new ConfigError(
+      'SES_RATE_LIMIT',
+      'auto reads the rate from SES: it needs SES_TRANSPORT=smtp or api',
+    );
+  }
+  if (!region)
+    throw new ConfigError('AWS_REGION', 'is required when SES_RATE_LIMIT=auto (GetAccount is regional)');
+  if (settings.refreshMs < 10_000) throw new ConfigError('SES_QUOTA_REFRESH', 'must be at least 10s');
+  return settings;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const e = cleanEnv(env, specs, {
     reporter: ({ errors }) => {
@@ -301,10 +393,33 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if (e.ENABLE_SSL && !tls) throw new ConfigError('ENABLE_SSL', 'needs SSL_CERT_PATH and SSL_KEY_PATH');
 
-  if (e.AWS_SMTP_HOST && (!e.AWS_SMTP_USERNAME || !e.AWS_SMTP_PASSWORD)) {
+  const transport = (e.SES_TRANSPORT ?? (e.AWS_SMTP_HOST ? 'smtp' : 'outbox')) as EgressTransportKind;
+  if (transport === 'smtp' && !e.AWS_SMTP_HOST) {
+    throw new ConfigError('AWS_SMTP_HOST', 'is required when SES_TRANSPORT=smtp');
+  }
+  if (transport === 'smtp' && (!e.AWS_SMTP_USERNAME || !e.AWS_SMTP_PASSWORD)) {
     const missing = !e.AWS_SMTP_USERNAME ? 'AWS_SMTP_USERNAME' : 'AWS_SMTP_PASSWORD';
     throw new ConfigError(missing, 'is required when AWS_SMTP_HOST is set');
   }
+  if (transport === 'api' && !e.AWS_REGION) {
+    throw new ConfigError(
+      'AWS_REGION',
+      'is required when SES_TRANSPORT=api (the SES region, e.g. eu-west-1)',
+    );
+  }
+  const maxMessageSize = apiMessageSize(transport, e.SMTP_MAX_MESSAGE_SIZE, env.SMTP_MAX_MESSAGE_SIZE);
+  if (e.SES_CONFIGURATION_SET && !/^[A-Za-z0-9_-]{1,64}$/.test(e.SES_CONFIGURATION_SET)) {
+    throw new ConfigError(
+      'SES_CONFIGURATION_SET',
+      'must be 1-64 letters, digits, _ or - (an SES configuration set name)',
+    );
+  }
+  const auto = autoRate(e.SES_RATE_LIMIT, transport, e.AWS_REGION, {
+    fraction: e.SES_RATE_FRACTION,
+    fallbackRate: e.SES_RATE_FALLBACK,
+    refreshMs: e.SES_QUOTA_REFRESH,
+  });
+  const rate = auto ? auto.fallbackRate : (e.SES_RATE_LIMIT as number);
 
   const useBlocklist = e.USE_BLOCKLIST ?? e.USE_BLACKLIST ?? false;
   if (useBlocklist && !e.DYNAMODB_TABLE) {
@@ -320,7 +435,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.RETRY_SCHEDULE.some((d) => d <= 0)) throw new ConfigError('RETRY_SCHEDULE', 'delays must be > 0');
 
   const spoolDir = path.resolve(e.SPOOL_DIR);
-  const burst = e.SES_BURST ?? Math.max(1, Math.ceil(e.SES_RATE_LIMIT));
+  const burst = e.SES_BURST ?? Math.max(1, Math.ceil(rate));
 
   return {
     ingress: {
@@ -336,7 +451,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       allowInsecureAuth: e.SMTP_ALLOW_INSECURE_AUTH,
       authMaxFailures: e.SMTP_AUTH_MAX_FAILURES,
       authLockoutMs: e.SMTP_AUTH_LOCKOUT,
-      maxMessageSize: e.SMTP_MAX_MESSAGE_SIZE,
+      maxMessageSize,
       maxRecipients: e.SMTP_MAX_RECIPIENTS,
       maxClients: e.SMTP_MAX_CLIENTS,
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT,
@@ -344,7 +459,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     spool: { dir: spoolDir, failedRetentionMs: e.SPOOL_FAILED_RETENTION },
     egress: {
-      sesHost: e.AWS_SMTP_HOST || undefined,
+      transport,
+      region: e.AWS_REGION || undefined,
+      apiEndpoint: e.AWS_ENDPOINT_URL_SESV2 || undefined,
+      configurationSet: e.SES_CONFIGURATION_SET || undefined,
+      sesHost: transport === 'smtp' ? e.AWS_SMTP_HOST : undefined,
       sesPort: e.AWS_SMTP_PORT,
       sesSecure: e.AWS_SMTP_PORT === 465,
       username: e.AWS_SMTP_USERNAME || undefined,
@@ -360,8 +479,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT,
     },
     limiter: {
-      rate: e.SES_RATE_LIMIT,
+      rate,
       burst,
+      burstExplicit: e.SES_BURST !== undefined,
+      auto,
       throttleFactor: e.SES_THROTTLE_FACTOR,
       throttleRecoveryMs: e.SES_THROTTLE_RECOVERY,
       redisUrl: e.REDIS_URL || undefined,

@@ -19,6 +19,8 @@ import { LocalLimiter } from './egress/local-limiter';
 import { RedisLimiter } from './egress/redis-limiter';
 import type { Transport } from './egress/transport';
 import { SesSmtpTransport } from './egress/ses-smtp-transport';
+import { SesApiTransport } from './egress/ses-api-transport';
+import { AutoRate, SesAccount } from './egress/ses-account';
 import { OutboxTransport } from './egress/outbox-transport';
 import { Dispatcher } from './egress/dispatcher';
 import { registerQueueMetrics } from './egress/queue-metrics';
@@ -68,14 +70,33 @@ function buildPolicy(
   return { policy, authenticator: authenticatorChain([...users, ...(apiKeys ? [apiKeys] : [])]) };
 }
 
-async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLimiter> {
+/** The rate and burst to start with: configured, or (SES_RATE_LIMIT=auto) read from SES's GetAccount. */
+interface RatePlan {
+  rate: number;
+  burst: number;
+  account?: SesAccount;
+  autoRate?: AutoRate;
+}
+
+async function planRate(config: Config, logger: Logger): Promise<RatePlan> {
+  const l = config.limiter;
+  if (!l.auto || !config.egress.region) return { rate: l.rate, burst: l.burst };
+  const account = new SesAccount({ region: config.egress.region, refreshMs: l.auto.refreshMs, logger });
+  const autoRate = new AutoRate(account, l.auto, logger);
+  const rate = await autoRate.initialRate();
+  // The burst is fixed for the process: one second of the rate SES grants now, unless SES_BURST is set.
+  const burst = l.burstExplicit ? l.burst : Math.max(1, Math.ceil(rate));
+  return { rate, burst, account, autoRate };
+}
+
+async function buildLimiter(config: Config, logger: Logger, plan: RatePlan): Promise<RecipientLimiter> {
   const l = config.limiter;
   if (l.redisUrl) {
     return RedisLimiter.create({
       redisUrl: l.redisUrl,
       limiterId: l.limiterId,
-      rate: l.rate,
-      burst: l.burst,
+      rate: plan.rate,
+      burst: plan.burst,
       throttleFactor: l.throttleFactor,
       throttleRecoveryMs: l.throttleRecoveryMs,
       heartbeatMs: l.heartbeatMs,
@@ -83,8 +104,8 @@ async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLi
     });
   }
   return new LocalLimiter({
-    rate: l.rate,
-    burst: l.burst,
+    rate: plan.rate,
+    burst: plan.burst,
     throttleFactor: l.throttleFactor,
     throttleRecoveryMs: l.throttleRecoveryMs,
     logger,
@@ -93,7 +114,19 @@ async function buildLimiter(config: Config, logger: Logger): Promise<RecipientLi
 
 function buildTransport(config: Config, options: RelayOptions): Transport {
   const e = config.egress;
-  if (!e.sesHost) return new OutboxTransport({ dir: e.outboxDir, logger: options.logger });
+  if (e.transport === 'api' && e.region) {
+    // Credentials: the SDK's default chain; endpoint: AWS_ENDPOINT_URL_SESV2, read by the SDK itself.
+    return new SesApiTransport({
+      region: e.region,
+      configurationSet: e.configurationSet,
+      connectionTimeoutMs: e.connectionTimeoutMs,
+      name: `ses-api:${e.apiEndpoint ?? e.region}`,
+      logger: options.logger,
+    });
+  }
+  if (e.transport !== 'smtp' || !e.sesHost) {
+    return new OutboxTransport({ dir: e.outboxDir, logger: options.logger });
+  }
   return new SesSmtpTransport({
     host: e.sesHost,
     port: e.sesPort,
@@ -105,6 +138,7 @@ function buildTransport(config: Config, options: RelayOptions): Transport {
     maxConnectionAgeMs: e.maxConnectionAgeMs,
     connectionTimeoutMs: e.connectionTimeoutMs,
     tls: options.upstreamCa ? { ca: options.upstreamCa } : undefined,
+    configurationSet: e.configurationSet,
     logger: options.logger,
   });
 }
@@ -118,12 +152,15 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   });
   registerQueueMetrics(spool);
   const { policy, authenticator } = buildPolicy(config, logger);
-  const limiter = await buildLimiter(config, logger);
+  const plan = await planRate(config, logger);
+  const limiter = await buildLimiter(config, logger, plan);
+  plan.autoRate?.attach(limiter);
+  plan.account?.start();
   const transport = buildTransport(config, options);
-  if (!config.egress.sesHost) {
+  if (config.egress.transport === 'outbox') {
     logger.warn(
       { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
-      `AWS_SMTP_HOST is not set: embedded mode, mail is delivered as .eml files into ${config.egress.outboxDir} (nothing is sent to SES)`,
+      `SES_TRANSPORT=outbox (the default without AWS_SMTP_HOST): embedded mode, mail is delivered as .eml files into ${config.egress.outboxDir} (nothing is sent to SES)`,
     );
   }
   const authConfigured = config.ingress.users.length > 0 || config.policy.useApiKey;
@@ -139,7 +176,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     limiter,
     policy,
     config: config.egress,
-    burst: config.limiter.burst,
+    burst: plan.burst,
     failOpen: config.policy.failOpen,
     logger,
   });
@@ -181,6 +218,8 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     await dispatcher.stop(0).catch(() => {});
     await http?.close().catch(() => {});
     await transport.close().catch(() => {});
+    plan.autoRate?.stop();
+    plan.account?.stop();
     await limiter.stop().catch(() => {});
     await policy.close().catch(() => {});
     await spool.close().catch(() => {});
@@ -195,8 +234,9 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       smtp: `${smtpAddress.address}:${smtpAddress.port}`,
       metrics: `${metricsAddress.address}:${metricsAddress.port}`,
       upstream: transport.name,
-      rate: config.limiter.rate,
-      burst: config.limiter.burst,
+      rate: plan.rate,
+      burst: plan.burst,
+      rateSource: plan.account ? 'ses' : 'config',
       limiter: config.limiter.redisUrl ? 'redis' : 'local',
       queued: spool.counts().pending,
     },
@@ -210,6 +250,8 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
       await Promise.all([smtp!.close(grace), dispatcher.stop(grace)]);
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
+      plan.autoRate?.stop();
+      plan.account?.stop();
       await limiter.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
       await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
       const left = spool.counts();

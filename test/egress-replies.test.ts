@@ -187,6 +187,7 @@ describe('Dispatcher: upstream replies', () => {
         return h.limiter.acquire(n, signal);
       },
       throttled: () => h.limiter.throttled(),
+      setRate: (rate) => h.limiter.setRate(rate),
       status: () => ({ ...h.limiter.status(), available: up }),
       stop: async () => {},
     };

@@ -23,7 +23,7 @@ export const limiterThrottledTotal = new Counter({
 
 export const limiterRate = new Gauge({
   name: `${METRIC_PREFIX}limiter_rate`,
-  help: 'Configured recipients per second (SES_RATE_LIMIT)',
+  help: 'Recipients per second the limiter is set to: SES_RATE_LIMIT, or with auto SendQuota.MaxSendRate × SES_RATE_FRACTION (SES_RATE_FALLBACK until SES answers)',
   registers: [registry],
 });
 

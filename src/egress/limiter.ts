@@ -18,7 +18,7 @@ export class LimiterUnavailableError extends Error {
 }
 
 export interface LimiterStatus {
-  /** Configured recipients per second. */
+  /** Recipients per second the limiter is set to (SES_RATE_LIMIT, or the rate read from SES with auto). */
   rate: number;
   /** Current rate after throttling slow-downs (<= rate). */
   effectiveRate: number;
@@ -35,6 +35,12 @@ export interface RecipientLimiter {
   acquire(recipients: number, signal?: AbortSignal): Promise<void>;
   /** SES answered `454 Throttling failure`: slow down for a while, then recover gradually. */
   throttled(): void;
+  /**
+   * Run at `rate` recipients per second from now on (SES_RATE_LIMIT=auto, when SES's MaxSendRate changed).
+   * Tokens earned so far keep the old rate; the burst stays what it was at start; a slow-down after SES
+   * throttling in progress starts over from the new rate. A RangeError for a rate that is not > 0.
+   */
+  setRate(rate: number): void;
   status(): LimiterStatus;
   /** Stop timers and connections; pending acquires reject. */
   stop(): Promise<void>;

@@ -50,7 +50,10 @@ export interface LocalLimiterOptions {
 
 export class LocalLimiter implements RecipientLimiter {
   private readonly bottleneck: Bottleneck;
-  private readonly controller: ThrottleController;
+  private controller: ThrottleController;
+  private readonly options: LocalLimiterOptions;
+  /** A rate from setRate(), applied by the next tick (after the tokens earned at the old rate). */
+  private pendingRate?: number;
   private readonly burst: number;
   private readonly logger?: Logger;
   private readonly timer: NodeJS.Timeout;
@@ -69,6 +72,7 @@ export class LocalLimiter implements RecipientLimiter {
     if (!(options.burst >= 1)) throw new RangeError('burst must be >= 1');
     this.burst = Math.floor(options.burst);
     this.logger = options.logger;
+    this.options = options;
     this.controller = new ThrottleController({
       rate: options.rate,
       factor: options.throttleFactor,
@@ -106,6 +110,7 @@ export class LocalLimiter implements RecipientLimiter {
       const earned = this.controller.tokensBetween(this.lastTick, now) + this.refund;
       this.lastTick = now;
       this.refund = 0;
+      this.applyPendingRate();
       this.publishRate(now);
       const virtual = Math.min(this.burst, reservoir + this.carry + earned);
       const add = Math.max(0, Math.floor(virtual - reservoir + 1e-9));
@@ -172,9 +177,29 @@ export class LocalLimiter implements RecipientLimiter {
     );
   }
 
+  setRate(rate: number): void {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`rate must be > 0, got ${rate}`);
+    if (this.stopped) return;
+    this.pendingRate = rate === this.controller.rate ? undefined : rate;
+    limiterRate.set(rate);
+  }
+
+  /** Inside the serialised tick: swap to the rate setRate() asked for. */
+  private applyPendingRate(): void {
+    const rate = this.pendingRate;
+    if (rate === undefined) return;
+    this.pendingRate = undefined;
+    this.controller = new ThrottleController({
+      rate,
+      factor: this.options.throttleFactor,
+      recoveryMs: this.options.throttleRecoveryMs,
+    });
+    limiterRate.set(rate);
+  }
+
   status(): LimiterStatus {
     return {
-      rate: this.controller.rate,
+      rate: this.pendingRate ?? this.controller.rate,
       effectiveRate: this.controller.effectiveRate(performance.now()),
       burst: this.burst,
       available: !this.stopped,

@@ -108,9 +108,10 @@ return 1
 `;
 
 export class RedisLimiter implements RecipientLimiter {
-  private readonly rate: number;
+  /** Changed only by setRate(). */
+  private rate: number;
   private readonly burst: number;
-  private readonly intervalMs: number;
+  private intervalMs: number;
   /** Effective Bottleneck heartbeat (LIMITER_HEARTBEAT, shortened for shallow buckets). */
   readonly heartbeatMs: number;
   private readonly logger?: Logger;
@@ -423,6 +424,33 @@ export class RedisLimiter implements RecipientLimiter {
         (err: unknown) => this.setAvailable(false, err),
       )
       .catch((err: unknown) => this.logger?.warn({ err }, 'limiter: applying the slow-down failed'));
+  }
+
+  /**
+   * SES_RATE_LIMIT=auto read a new MaxSendRate: write the matching reservoir increase (interval and amount)
+   * into the shared settings. Every replica of the limiter id reads the same account, so they agree; the
+   * Bottleneck heartbeat stays the one chosen at start.
+   */
+  setRate(rate: number): void {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`rate must be > 0, got ${rate}`);
+    if (this.stopped || rate === this.rate) return;
+    this.rate = rate;
+    this.intervalMs = this.options.increaseIntervalMs ?? (MAX_INCREASE_AMOUNT * 1000) / rate;
+    limiterRate.set(rate);
+    limiterEffectiveRate.set(rate * this.fraction);
+    const run = async () => {
+      const session = this.session;
+      if (!session || session.closed) return; // openSession() writes the new settings
+      const amount = this.amountFor(this.fraction);
+      await session.bottleneck.updateSettings({
+        reservoirIncreaseInterval: this.intervalMs,
+        reservoirIncreaseAmount: amount,
+      });
+      this.appliedAmount = amount;
+    };
+    const next = this.settingsChain.then(run, run);
+    this.settingsChain = next.catch(() => undefined);
+    next.catch((err: unknown) => this.logger?.warn({ err }, 'limiter: applying the new rate failed'));
   }
 
   /** The send-time guard shared by every replica of this limiter id (redis-upstream-window.ts). */

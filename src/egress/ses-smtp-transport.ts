@@ -10,6 +10,9 @@
  * never silently resent outside the rate limiter; the dispatcher decides about retries.
  *
  * Every outcome is classified per recipient; `send` never throws for an SMTP or network outcome.
+ *
+ * With SES_CONFIGURATION_SET the `X-SES-CONFIGURATION-SET` header is prepended on the way out (ses-headers.ts),
+ * unless the message carries one.
  */
 import net from 'node:net';
 import nodemailer, { type Transporter } from 'nodemailer';
@@ -17,7 +20,8 @@ import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger';
 import type { ReplyClass } from '../types';
-import type { RecipientResult, Transaction, Transport } from './transport';
+import { CONFIGURATION_SET_HEADER, prependHeaderUnlessPresent } from './ses-headers';
+import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 
 export interface SesSmtpTransportOptions {
   host: string;
@@ -34,6 +38,8 @@ export interface SesSmtpTransportOptions {
   socketTimeoutMs?: number;
   /** Extra trusted CA for tests (production uses NODE_EXTRA_CA_CERTS). */
   tls?: { ca?: Buffer };
+  /** Default configuration set (SES_CONFIGURATION_SET), named in an X-SES-CONFIGURATION-SET header. */
+  configurationSet?: string;
   logger: Logger;
 }
 
@@ -75,6 +81,23 @@ export function classifyCode(code: number, text: string): ReplyClass {
   if (code >= 400 && code < 500) return 'transient';
   if (code >= 500) return 'permanent';
   return 'transient';
+}
+
+/**
+ * The account-wide condition behind an SMTP reply, if any. SES developer guide, "Errors related to the
+ * sending quotas": a spent daily quota is `454 Throttling failure: Daily message quota exceeded`.
+ */
+export function signalOf(code: number, text: string): UpstreamSignal | undefined {
+  return code === 454 && /quota/i.test(text) ? 'daily-quota-exceeded' : undefined;
+}
+
+/** Marks the results whose reply carries an account-wide signal. */
+function withSignals(results: RecipientResult[]): RecipientResult[] {
+  for (const r of results) {
+    const signal = signalOf(r.code, r.reply);
+    if (signal) r.signal = signal;
+  }
+  return results;
 }
 
 const addressOf = (a: string | { address: string }) => (typeof a === 'string' ? a : a.address);
@@ -168,23 +191,28 @@ export class SesSmtpTransport implements Transport {
     }
     let bodyError: Error | undefined;
     body.once('error', (err) => (bodyError = err));
+    const set = this.options.configurationSet;
+    const raw = set ? prependHeaderUnlessPresent(body, CONFIGURATION_SET_HEADER, set) : body;
+    // The wrapper ends with the body's error, which the listener above already records.
+    if (raw !== body) raw.on('error', () => undefined);
     const gen = this.pool();
     gen.inFlight++;
     try {
       const info = (await gen.transporter.sendMail({
         envelope: { from: tx.mailFrom, to: tx.recipients },
-        raw: body,
+        raw,
       })) as SendInfo;
       this.lastNetworkFailure = false;
-      return this.fromInfo(tx, info);
+      return withSignals(this.fromInfo(tx, info));
     } catch (e) {
       const err = e as SmtpError;
       if (bodyError) {
         this.logger.error({ err: bodyError, queueId: tx.id }, 'cannot read the spooled body');
         return this.all(tx, 'transient', 0, `spooled body unreadable: ${bodyError.message}`);
       }
-      return this.fromError(tx, err);
+      return withSignals(this.fromError(tx, err));
     } finally {
+      if (raw !== body) raw.destroy();
       body.destroy();
       gen.inFlight--;
       this.maybeCloseRetired(gen);

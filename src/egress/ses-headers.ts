@@ -1,0 +1,72 @@
+/**
+ * Header fields SES reads from a message on its way out (not in the spool): today the default
+ * configuration set, `X-SES-CONFIGURATION-SET` (SES developer guide, "Using configuration sets": with the
+ * SMTP interface the set is named in this header; with the API, in ConfigurationSetName).
+ *
+ * The body is never re-encoded: a header line is prepended to the raw byte stream, and only when the
+ * message's own header section does not already carry that field (the sender's choice wins). Only the
+ * header section is examined, and at most HEADER_SCAN_LIMIT bytes of it are held in memory.
+ */
+import { Readable } from 'node:stream';
+
+export const CONFIGURATION_SET_HEADER = 'X-SES-CONFIGURATION-SET';
+
+/** Bytes of a message examined for its header section before giving up looking for its end. */
+export const HEADER_SCAN_LIMIT = 256 * 1024;
+
+/** Offset just past the blank line that ends the header section, or -1 when it is not in `buf`. */
+export function headerEnd(buf: Buffer): number {
+  const crlf = buf.indexOf('\r\n\r\n');
+  const lf = buf.indexOf('\n\n');
+  if (crlf >= 0 && (lf < 0 || crlf < lf)) return crlf + 4;
+  return lf >= 0 ? lf + 2 : -1;
+}
+
+/** The header section of a whole message (all of it when there is no blank line). */
+export function headerSection(message: Buffer): Buffer {
+  const end = headerEnd(message);
+  return end >= 0 ? message.subarray(0, end) : message;
+}
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** True when the header section has a field `name` (case-insensitive; folded lines never match). */
+export function hasHeader(header: Buffer, name: string): boolean {
+  return new RegExp(`(^|\\n)${escape(name)}[ \\t]*:`, 'i').test(header.toString('latin1'));
+}
+
+/** A header line safe to prepend: no CR/LF can come from the value. */
+export function headerLine(name: string, value: string): Buffer {
+  return Buffer.from(`${name}: ${value.replace(/[\r\n]+/g, ' ')}\r\n`, 'latin1');
+}
+
+/**
+ * `body` with `name: value` prepended unless its header section already has `name`. An error of `body`
+ * ends the returned stream with that error (the caller's listener on `body` sees it too).
+ */
+export function prependHeaderUnlessPresent(body: Readable, name: string, value: string): Readable {
+  const line = headerLine(name, value);
+  async function* withHeader(): AsyncGenerator<Buffer> {
+    let head: Buffer = Buffer.alloc(0);
+    let decided = false;
+    for await (const chunk of body) {
+      const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
+      if (decided) {
+        yield buf;
+        continue;
+      }
+      head = head.length ? Buffer.concat([head, buf]) : buf;
+      const end = headerEnd(head);
+      if (end >= 0 || head.length >= HEADER_SCAN_LIMIT) {
+        decided = true;
+        if (!hasHeader(end >= 0 ? head.subarray(0, end) : head, name)) yield line;
+        yield head;
+      }
+    }
+    if (!decided) {
+      if (!hasHeader(head, name)) yield line;
+      if (head.length) yield head;
+    }
+  }
+  return Readable.from(withHeader(), { objectMode: false });
+}
