@@ -37,6 +37,12 @@ export function envelopeOf(
   };
 }
 
+/** The envelope nodemailer would send for `envelopeOf(mailFrom, recipients)`. */
+export function upstreamEnvelope(mailFrom: string, recipients: string[]): { from: string; to: string[] } {
+  const env = new MimeNode().setEnvelope(envelopeOf(mailFrom, recipients)).getEnvelope();
+  return { from: env.from || '', to: env.to };
+}
+
 /** What nodemailer would put in `MAIL FROM:<…>` / `RCPT TO:<…>` for one address ('' for none). */
 export function upstreamForm(address: string): string {
   const env = new MimeNode()

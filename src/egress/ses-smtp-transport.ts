@@ -23,7 +23,7 @@ import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger';
 import type { ReplyClass } from '../types';
-import { envelopeOf, upstreamForm } from './nodemailer-envelope';
+import { envelopeOf, upstreamEnvelope, upstreamForm } from './nodemailer-envelope';
 import type { RecipientResult, Transaction, Transport } from './transport';
 
 export interface SesSmtpTransportOptions {
@@ -182,6 +182,9 @@ export class SesSmtpTransport implements Transport {
    */
   private unsendable(tx: Transaction): Map<string, RecipientResult> {
     const refused = new Map<string, RecipientResult>();
+    const whole = upstreamEnvelope(tx.mailFrom, tx.recipients);
+    const same = whole.from === tx.mailFrom && whole.to.length === tx.recipients.length;
+    if (same && whole.to.every((r, i) => r === tx.recipients[i])) return refused;
     const fail = (recipient: string, reply: string) =>
       refused.set(recipient, { recipient, class: 'permanent', code: 553, reply });
     const from = tx.mailFrom ? upstreamForm(tx.mailFrom) : '';
