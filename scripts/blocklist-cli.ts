@@ -21,7 +21,7 @@ import {
   type AttributeValue,
 } from '@aws-sdk/client-dynamodb';
 import { silentLogger } from '../src/observability/logger';
-import { normalizeAddress } from '../src/policy/address';
+import { asciiDomain, domainOf, normalizeAddress } from '../src/policy/address';
 import {
   API_KEY_HASH_ATTRIBUTE,
   generateApiKey,
@@ -70,10 +70,18 @@ function parseArgs(args: string[]): { positional: string[]; options: Map<string,
   return { positional, options };
 }
 
+/**
+ * The table key of an address or `@domain`, exactly as the relay computes it (src/policy/address.ts:
+ * quotes resolved, lower case, domain in A-labels, so `@Bücher.example` is stored as
+ * `@xn--bcher-kva.example`, the only spelling the relay ever looks up).
+ */
 function entryKey(input: string | undefined): string {
   const key = normalizeAddress(input ?? '');
   if (!key || !key.includes('@') || key.endsWith('@')) {
     throw new UsageError(`"${input ?? ''}" is not an address or @domain`);
+  }
+  if (!asciiDomain(domainOf(key))) {
+    throw new UsageError(`"${input ?? ''}": the domain is not a valid (IDNA) domain name`);
   }
   return key;
 }

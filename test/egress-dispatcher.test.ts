@@ -115,10 +115,16 @@ describe('Dispatcher (fake SES over STARTTLS, real spool)', () => {
   it('stop() lets in-flight transactions finish and releases waiting messages', async (t) => {
     const h = await startEgress({ rate: 2, burst: 2, poolSize: 1 });
     t.after(() => h.close());
-    h.ses.script((ctx) => (ctx.phase === 'data' ? { delayMs: 300 } : undefined));
+    let inData = false;
+    h.ses.script((ctx) => {
+      if (ctx.phase !== 'data') return undefined;
+      inData = true;
+      return { delayMs: 300 };
+    });
     for (let i = 0; i < 4; i++) await h.store(rcpts(2, `s${i}-`));
     await waitUntil(() => h.dispatcher.inFlight >= 2, 2000, 'deliveries in flight');
-    await new Promise((r) => setTimeout(r, 50)); // first transaction is inside DATA now
+    // The limiter starts empty: the first transaction goes once its 2 tokens are earned (1 s at 2/s).
+    await waitUntil(() => inData, 3000, 'first transaction inside DATA');
     await h.dispatcher.stop(2000);
     assert.equal(h.ses.messages.length, 1, 'the in-flight transaction finished');
     assert.equal(h.dispatcher.inFlight, 0);

@@ -1,4 +1,4 @@
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { LocalLimiter } from '../src/egress/local-limiter';
@@ -60,6 +60,11 @@ function checkRate(rate: number, burst: number, start: number, grants: Grant[], 
 }
 
 describe('LocalLimiter', () => {
+  // The limiter's refill timer is unref'd (it never keeps the relay alive by itself), and the bucket
+  // starts empty, so a test awaiting a grant needs something that keeps the event loop running.
+  const keepAlive = setInterval(() => {}, 1000);
+  after(() => clearInterval(keepAlive));
+
   it('drains a backlog at 14/s within the bound and >= 95 % of the rate', async (t) => {
     const limiter = new LocalLimiter({
       rate: 14,
@@ -99,10 +104,36 @@ describe('LocalLimiter', () => {
   it('handles fractional rates (0.5/s)', async (t) => {
     const limiter = new LocalLimiter({ rate: 0.5, burst: 1, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
     t.after(() => limiter.stop());
-    const { grants } = await saturate(limiter, () => 1, 2300);
-    // Bucket of 1 at start, then one every 2 s: exactly 2 grants in 2.3 s.
+    const { grants, start } = await saturate(limiter, () => 1, 4300);
+    // Empty at start, then one every 2 s: exactly 2 grants in 4.3 s, the first after 2 s.
     assert.equal(grants.length, 2);
+    assert.ok(grants[0].at - start >= 1900, `first after ${grants[0].at - start} ms`);
     assert.ok(grants[1].at - grants[0].at >= 1900, `gap ${grants[1].at - grants[0].at}`);
+  });
+
+  it('starts empty: restarted again and again within a second, no 1 s window gets more than rate + burst', async (t) => {
+    // A crash loop: each "process" saturates a fresh limiter for a moment, then dies and the next starts.
+    // With a bucket that started full, every start granted `burst` at once: measured before the fix,
+    // 138 recipients in the busiest second against a bound of 40.
+    const rate = 20;
+    const burst = 20;
+    const grants: Grant[] = [];
+    const started = performance.now();
+    for (let i = 0; i < 12; i++) {
+      const limiter = new LocalLimiter({ rate, burst, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
+      const life = [150, 200, 90, 250][i % 4];
+      const run = await saturate(limiter, () => 1, life);
+      await limiter.stop();
+      grants.push(...run.grants);
+    }
+    const elapsed = performance.now() - started;
+    const busiest = maxInWindow(grants, 1000);
+    t.diagnostic(
+      `12 restarts in ${elapsed.toFixed(0)} ms: ${grants.length} granted, busiest 1 s: ${busiest}`,
+    );
+    assert.ok(busiest <= rate + burst, `busiest 1 s window: ${busiest} > ${rate + burst}`);
+    // Each life starts from nothing: never more than the rate earns in it (+1 for timer rounding).
+    assert.ok(grants.length <= (rate * elapsed) / 1000 + 12, `total ${grants.length}`);
   });
 
   it('rejects more than the burst at once with a RangeError (no deadlock)', async (t) => {

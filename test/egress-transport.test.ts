@@ -282,4 +282,50 @@ describe('OutboxTransport', () => {
     assert.ok(outbox.healthy());
     assert.match(outbox.name, /^outbox:/);
   });
+
+  it('a .eml is complete from the moment it appears (never a reserved or half-written file)', async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outbox-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const out = path.join(dir, 'out');
+    const outbox = new OutboxTransport({ dir: out, logger: silentLogger });
+    const slowTx = (id: string): Transaction => ({
+      ...tx(['x@example.com'], BODY, id),
+      // The body arrives in pieces, with pauses: a writer that reserved the final name first would
+      // expose an empty or partial .eml meanwhile.
+      body: () =>
+        Readable.from(
+          (async function* () {
+            for (const piece of BODY.match(/[\s\S]{1,16}/g)!) {
+              await new Promise((r) => setTimeout(r, 2));
+              yield Buffer.from(piece);
+            }
+          })(),
+        ),
+    });
+    const expected = 'X-Envelope-From: <sender@example.com>\r\nX-Envelope-To: <x@example.com>\r\n' + BODY;
+    let seen = 0;
+    let done = false;
+    const watcher = (async () => {
+      while (!done) {
+        const names = fs.existsSync(out) ? fs.readdirSync(out).filter((f) => f.endsWith('.eml')) : [];
+        for (const f of names) {
+          assert.equal(fs.readFileSync(path.join(out, f), 'utf8'), expected, `${f} incomplete when seen`);
+          seen++;
+        }
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => outbox.send(slowTx(`Q${i % 3}`))));
+    done = true;
+    await watcher;
+    assert.ok(results.flat().every((r) => r.class === 'delivered'));
+    const files = fs.readdirSync(out).sort();
+    assert.equal(files.filter((f) => f.endsWith('.eml')).length, 10);
+    assert.deepEqual(
+      files.filter((f) => !f.endsWith('.eml')),
+      [],
+      'no temporary file left',
+    );
+    assert.ok(seen > 0, 'the watcher saw files while they were being written');
+  });
 });

@@ -50,6 +50,15 @@ describe('ingress address syntax over SMTP', () => {
     ],
     ['MAIL FROM:<x@-bad.example.com>', 553],
     [
+      'MAIL FROM:<a(c)@example.com>',
+      553,
+      '553 5.1.7 Bad sender address syntax (local part is not a dot-atom or quoted string (comment or special character))',
+    ],
+    ['MAIL FROM:<a,b@example.com>', 553],
+    ['MAIL FROM:<a%b@example.com>', 553],
+    ['MAIL FROM:<a@[192.0.2.1]>', 553],
+    ['MAIL FROM:<"quoted"@example.com>', 250],
+    [
       'MAIL FROM:<jürgen@example.com>',
       553,
       '553 5.1.7 Bad sender address syntax (non-ASCII local part (no SMTPUTF8 upstream))',
@@ -87,15 +96,81 @@ describe('ingress address syntax over SMTP', () => {
 
 describe('checkAddress', () => {
   it('allows the null sender only as sender and converts domains to A-labels', () => {
-    assert.deepEqual(checkAddress('', 'sender'), { ok: true, address: '' });
+    assert.deepEqual(checkAddress('', 'sender'), { ok: true, address: '', key: '' });
     assert.equal(checkAddress('', 'recipient').ok, false);
-    assert.deepEqual(checkAddress('a@Bücher.example', 'recipient'), {
+    assert.deepEqual(checkAddress('A@Bücher.example', 'recipient'), {
       ok: true,
-      address: 'a@xn--bcher-kva.example',
+      address: 'A@xn--bcher-kva.example',
+      key: 'a@xn--bcher-kva.example',
     });
-    assert.deepEqual(checkAddress('a@[192.0.2.1]', 'recipient'), { ok: true, address: 'a@[192.0.2.1]' });
     assert.equal(checkAddress('a @example.com', 'recipient').ok, false);
     assert.equal(checkAddress('ü@example.com', 'recipient').ok, false);
     assert.equal(checkAddress(`a@${'c'.repeat(250)}.com`, 'recipient').ok, false);
+  });
+
+  it('keeps quoted local parts byte for byte; the key is unquoted, quoted-pairs resolved, lower case', () => {
+    for (const [address, key] of [
+      ['"victim"@example.com', 'victim@example.com'],
+      ['"VIC\\tim"@Example.COM', 'victim@example.com'],
+      ['".dot"@example.com', '.dot@example.com'],
+      ['"Quoted.Name"@example.com', 'quoted.name@example.com'],
+    ]) {
+      const c = checkAddress(address, 'recipient');
+      assert.ok(c.ok, address);
+      assert.equal(c.address, address.replace('Example.COM', 'example.com'));
+      assert.equal(c.key, key);
+    }
+  });
+
+  it('refuses every spelling without one unambiguous meaning, with the reason', () => {
+    const refused: Array<[string, RegExp]> = [
+      ['victim(x)@example.com', /comment or special/],
+      ['x,victim@example.com', /comment or special/],
+      ['a;victim@example.com', /comment or special/],
+      ['vic\\tim@example.com', /comment or special/],
+      ['"x,victim"@example.com', /quoted local part with special/],
+      ['""@example.com', /quoted local part with special characters or empty/],
+      ['"a"b"@example.com', /malformed quoted/],
+      ['"a\\"@example.com', /malformed quoted/],
+      ['"a@b"@example.com', /quoted local part with special/],
+      ['a@b@example.com', /comment or special/],
+      ['victim%example.com@relay.example', /routing/],
+      ['"victim%example.com"@relay.example', /routing/],
+      ['host!victim@relay.example', /routing/],
+      ['a@[192.0.2.1]', /address literals/],
+      ['a@[IPv6:2001:db8::1]', /address literals/],
+      ['a@192.0.2.1', /not a valid/],
+      ['a@0x7f.1', /not a valid/],
+      ['a@example.123', /not a valid/],
+      ['a@localhost', /not fully qualified/],
+      ['a@example.com.', /not a valid/],
+      ['a@ex%41mple.com', /not a valid/],
+      ['a@under_score.example', /bad domain label/],
+      ['a@-bad.example', /bad domain label/],
+      ['a@xn--zz.example', /not a valid/],
+      ['postmaster', /missing local part or domain/],
+      [`${'a'.repeat(65)}@example.com`, /local part longer than 64/],
+      [`"${'a'.repeat(63)}"@example.com`, /local part longer than 64/],
+      [`a@${'b'.repeat(64)}.com`, /label longer than 63/],
+    ];
+    for (const [address, reason] of refused) {
+      const c = checkAddress(address, 'recipient');
+      assert.equal(c.ok, false, address);
+      assert.match(c.ok ? '' : c.reason, reason, address);
+    }
+  });
+
+  it('limits the whole address to 254 octets in ASCII form (a 256-octet path)', () => {
+    const d = `${'d'.repeat(63)}.${'e'.repeat(63)}.${'f'.repeat(63)}.${'g'.repeat(40)}.example`;
+    assert.equal(d.length, 240);
+    assert.ok(checkAddress(`${'a'.repeat(13)}@${d}`, 'recipient').ok, '254 octets');
+    const c = checkAddress(`${'a'.repeat(14)}@${d}`, 'recipient');
+    assert.ok(!c.ok && /longer than 254/.test(c.reason), '255 octets');
+    // Unicode that grows past the limit once converted to A-labels.
+    const l = `${'a'.repeat(54)}ü`; // 55 characters, 62 octets as an A-label
+    const unicode = `${'a'.repeat(10)}@${[l, l, l, l].join('.')}`;
+    assert.ok(unicode.length <= 253, 'short enough for smtp-server');
+    const u = checkAddress(unicode, 'recipient');
+    assert.ok(!u.ok && /address longer than 254/.test(u.reason), 'too long once in A-labels');
   });
 });

@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { runCli } from '../scripts/blocklist-cli';
 import { silentLogger } from '../src/observability/logger';
 import { ApiKeyAuthenticator } from '../src/policy/api-keys';
+import { SuppressionList } from '../src/policy/suppression-list';
 import { startDynalite, type Dynalite } from './helpers/dynalite';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -56,6 +57,43 @@ describe('blocklist CLI', () => {
     const again = await cli('remove', 'someone@example.com');
     assert.equal(again.code, 1);
     assert.match(again.err, /not on the suppression list/);
+  });
+
+  test('Unicode domains and quoted local parts are stored under the key the relay looks up', async () => {
+    const added = await cli('add', 'Victim@Bücher.Example');
+    assert.equal(added.code, 0);
+    assert.match(added.out, /suppressed victim@xn--bcher-kva\.example/);
+    assert.equal((await cli('add', '@Blöcked.example')).code, 0);
+    assert.equal((await cli('add', '"Quoted"@Example.com')).code, 0);
+    const keys = (await cli('list')).out.split('\n').map((l) => l.split('\t')[0]);
+    for (const k of ['victim@xn--bcher-kva.example', '@xn--blcked-xxa.example', 'quoted@example.com']) {
+      assert.ok(keys.includes(k), `${k} in ${keys.join(', ')}`);
+    }
+    // The relay's own lookup (the same SuppressionList the dispatcher uses) finds them.
+    const list = new SuppressionList({
+      client: db.client(),
+      table: env.DYNAMODB_TABLE,
+      cacheTtlMs: 0,
+      cacheMax: 1,
+      logger: silentLogger,
+      recoveryProbeMs: 0,
+    });
+    try {
+      const d = await list.check([
+        'victim@xn--bcher-kva.example',
+        'anyone@xn--blcked-xxa.example',
+        '"quoted"@example.com',
+        'other@xn--bcher-kva.example',
+      ]);
+      assert.deepEqual(d.allowed, ['other@xn--bcher-kva.example']);
+    } finally {
+      await list.close();
+    }
+    assert.match((await cli('check', 'VICTIM@xn--bcher-kva.example')).out, /: suppressed/);
+    assert.equal((await cli('remove', 'victim@bücher.example')).code, 0, 'removed by its Unicode spelling');
+    const bad = await cli('add', 'a@xn--zz.example');
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /not a valid \(IDNA\) domain/);
   });
 
   test('usage errors exit 1 with a message; DynamoDB errors exit 2', async () => {

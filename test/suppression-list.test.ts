@@ -5,7 +5,9 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../src/observability/logger';
 import { registry } from '../src/observability/metrics';
-import { normalizeAddress, suppressionKeys } from '../src/policy/address';
+import { asciiDomain, domainKey, normalizeAddress, suppressionKeys } from '../src/policy/address';
+import { checkAddress } from '../src/ingress/address-syntax';
+import { classifyNotification } from '../lambda/src/ses-notification';
 import { createDynamoDbClient } from '../src/policy/dynamodb-client';
 import { PolicyUnavailableError } from '../src/policy/policy';
 import { SuppressionList } from '../src/policy/suppression-list';
@@ -85,6 +87,57 @@ describe('address normalisation', () => {
     assert.deepEqual(suppressionKeys('@Example.com'), ['@example.com']);
     assert.deepEqual(suppressionKeys('postmaster'), ['postmaster']);
     assert.deepEqual(suppressionKeys('  '), []);
+  });
+
+  test('one canonical key: quotes and quoted-pairs resolved, case folded, domain in A-labels', () => {
+    const spellings = [
+      'victim@example.com',
+      'VICTIM@Example.COM',
+      '"victim"@example.com',
+      '"Vic\\tim"@EXAMPLE.com',
+      'Victim <"victim"@example.com>',
+      'victim@ｅxample.com',
+      'victim@exa\u00admple.com',
+    ];
+    for (const s of spellings) {
+      assert.equal(normalizeAddress(s), 'victim@example.com', s);
+      assert.deepEqual(suppressionKeys(s), ['victim@example.com', '@example.com'], s);
+    }
+    for (const s of ['a@Bücher.example', 'A@XN--BCHER-KVA.example', '"a"@xn--bcher-kva.example']) {
+      assert.deepEqual(suppressionKeys(s), ['a@xn--bcher-kva.example', '@xn--bcher-kva.example'], s);
+    }
+    assert.deepEqual(suppressionKeys('@Bücher.Example'), ['@xn--bcher-kva.example']);
+    assert.equal(domainKey('Bücher.example'), '@xn--bcher-kva.example');
+    assert.equal(asciiDomain('ex%41mple.com'), '', 'no percent-decoding');
+    assert.equal(asciiDomain('0x7f.1'), '', 'no IPv4 parsing');
+    assert.equal(asciiDomain('example.com.'), '', 'no trailing dot');
+    assert.equal(asciiDomain('[192.0.2.1]'), '');
+  });
+
+  test('the relay accepts an address with exactly the key the Lambda and the CLI compute', () => {
+    for (const s of ['"Victim"@Bücher.example', 'Jane.Doe+x@Example.net', '".dot"@example.org']) {
+      const c = checkAddress(s, 'recipient');
+      assert.ok(c.ok, s);
+      assert.equal(c.key, normalizeAddress(s), s);
+      assert.equal(suppressionKeys(c.address)[0], c.key, s);
+      // The Lambda writes what SES reports (the address as sent, or with a display name).
+      const bounce = {
+        notificationType: 'Bounce',
+        bounce: {
+          bounceType: 'Permanent',
+          feedbackId: 'f1',
+          bouncedRecipients: [{ emailAddress: c.address }, { emailAddress: `Someone <${c.address}>` }],
+        },
+        mail: { messageId: 'm1' },
+      };
+      const classified = classifyNotification(JSON.stringify(bounce), 'sns-1');
+      assert.equal(classified.action, 'suppress');
+      assert.deepEqual(
+        classified.action === 'suppress' ? classified.entries.map((e) => e.email) : [],
+        [c.key],
+        s,
+      );
+    }
   });
 });
 

@@ -17,6 +17,15 @@
  *
  * All reservoir changes (refill, refunds of aborted waits, draining after a 454) happen in that one
  * serialised tick; grants only ever lower the reservoir, so reading it asynchronously is safe.
+ *
+ * The bucket starts EMPTY. An in-process limiter remembers nothing across a restart, so a bucket that
+ * started full would grant `burst` recipients at once after every start: a crash loop (or a rolling
+ * restart) would be a burst each time, on top of what the previous process granted just before it
+ * stopped. Starting empty, a process grants at most `rate * t` in its first t seconds, so over any
+ * window the grants of all processes that ran one after another on the spool stay within
+ * `rate * W + burst` (only the process already running when the window opens can hold a bucket).
+ * The cost is one bucket's worth at a cold start (`burst / rate` seconds: 1 s with the default
+ * SES_BURST); the drain rate is unchanged.
  */
 import Bottleneck from 'bottleneck';
 import { performance } from 'node:perf_hooks';
@@ -78,7 +87,8 @@ export class LocalLimiter implements RecipientLimiter {
       factor: options.throttleFactor,
       recoveryMs: options.throttleRecoveryMs,
     });
-    this.bottleneck = new Bottleneck({ reservoir: this.burst, maxConcurrent: null, minTime: 0 });
+    // Empty at start: see the file comment (no burst after every restart).
+    this.bottleneck = new Bottleneck({ reservoir: 0, maxConcurrent: null, minTime: 0 });
     this.bottleneck.on('error', (err) => this.logger?.error({ err }, 'limiter: bottleneck error'));
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 10);
     this.timer.unref();

@@ -1,10 +1,13 @@
 /**
  * The embedded transport used when AWS_SMTP_HOST is unset: every transaction becomes
- * `<dir>/<queueId>[-n].eml`, the accepted bytes with `X-Envelope-From` / `X-Envelope-To` prepended,
- * The final name is reserved with an exclusive create (so split transactions of one message never
- * collide); the content goes to `<name>.tmp`, is fsynced and renamed over it, then the directory is
- * fsynced: a crash never leaves a half-written .eml. All recipients 'delivered'.
+ * `<dir>/<queueId>[-n].eml`, the accepted bytes with `X-Envelope-From` / `X-Envelope-To` prepended.
+ * The content is written to a temporary file of its own (`.<queueId>.<unique>.tmp`) and fsynced, then
+ * hard-linked under the first free final name (`link` never replaces an existing file, so split
+ * transactions of one message never collide), the temporary name is removed and the directory is
+ * fsynced. A `.eml` is therefore complete from the moment it appears: a reader never sees a reserved
+ * or half-written one, and a crash leaves at most a `.tmp` file. All recipients 'delivered'.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../observability/logger';
@@ -36,30 +39,27 @@ export class OutboxTransport implements Transport {
     return this.ready;
   }
 
-  /** Claims a free file name `<id>.eml`, `<id>-1.eml`, ... (exclusive create). */
-  private async claim(id: string): Promise<{ file: string; handle: fs.promises.FileHandle }> {
-    const safe = id.replace(/[^A-Za-z0-9._-]/g, '_');
+  /** Links the finished `tmp` under the first free name `<id>.eml`, `<id>-1.eml`, ... */
+  private async publish(tmp: string, safe: string): Promise<string> {
     for (let n = 0; n < 10_000; n++) {
       const file = path.join(this.dir, `${safe}${n ? `-${n}` : ''}.eml`);
       try {
-        // Reserve the final name first so concurrent transactions of one message never collide.
-        const handle = await fs.promises.open(file, 'wx');
-        return { file, handle };
+        await fs.promises.link(tmp, file);
+        return file;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
     }
-    throw new Error(`outbox: no free file name for ${id}`);
+    throw new Error(`outbox: no free file name for ${safe}`);
   }
 
   async send(tx: Transaction): Promise<RecipientResult[]> {
+    let tmp: string | undefined;
     try {
       await this.ensureDir();
-      const reserved = await this.claim(tx.id);
-      await reserved.handle.close();
-      const file = reserved.file;
-      const tmp = `${file}.tmp`;
-      const handle = await fs.promises.open(tmp, 'w');
+      const safe = tx.id.replace(/[^A-Za-z0-9._-]/g, '_');
+      tmp = path.join(this.dir, `.${safe}.${crypto.randomBytes(6).toString('hex')}.tmp`);
+      const handle = await fs.promises.open(tmp, 'wx');
       try {
         const header =
           `X-Envelope-From: <${headerValue(tx.mailFrom)}>\r\n` +
@@ -67,14 +67,12 @@ export class OutboxTransport implements Transport {
         await handle.write(header);
         for await (const chunk of tx.body()) await handle.write(chunk as Buffer);
         await handle.sync();
-      } catch (err) {
-        await handle.close().catch(() => undefined);
-        await fs.promises.rm(tmp, { force: true });
-        await fs.promises.rm(file, { force: true });
-        throw err;
+      } finally {
+        await handle.close();
       }
-      await handle.close();
-      await fs.promises.rename(tmp, file);
+      const file = await this.publish(tmp, safe);
+      await fs.promises.rm(tmp, { force: true });
+      tmp = undefined;
       const dirHandle = await fs.promises.open(this.dir, 'r');
       try {
         await dirHandle.sync();
@@ -85,6 +83,7 @@ export class OutboxTransport implements Transport {
       const reply = `250 2.0.0 Ok: written to ${path.basename(file)}`;
       return tx.recipients.map((recipient) => ({ recipient, class: 'delivered' as const, code: 250, reply }));
     } catch (err) {
+      if (tmp) await fs.promises.rm(tmp, { force: true }).catch(() => undefined);
       this.lastOk = false;
       this.logger?.error({ err, queueId: tx.id, dir: this.dir }, 'outbox: cannot write message');
       const reply = `outbox write failed: ${(err as Error).message}`;

@@ -4,6 +4,12 @@
  * explicit envelope and the spooled body passed as `raw`, so headers go out exactly as accepted;
  * nodemailer's DataStream dot-stuffs and turns bare CR / LF into CRLF (no SMTP smuggling upstream).
  *
+ * The envelope goes out byte for byte as accepted: addresses are passed as objects, never as strings
+ * nodemailer would parse again (see nodemailer-envelope.ts), and an address whose upstream form would
+ * differ anyway (only possible for a message spooled by an older version with laxer address rules) is
+ * not sent: it fails permanently with `553 5.1.3` / `553 5.1.7`, so one accepted recipient is always
+ * one RCPT of exactly that address (and one token), never two and never another mailbox.
+ *
  * Connections are recycled: nodemailer's pool closes a connection after `maxMessages`, and as it has no
  * age limit the whole pool is replaced once it is older than `maxConnectionAgeMs` (the old one finishes
  * its in-flight transactions, then closes). nodemailer's own requeue-on-close is disabled: a message is
@@ -20,6 +26,7 @@ import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger';
 import type { ReplyClass } from '../types';
+import { envelopeOf, upstreamEnvelope, upstreamForm } from './nodemailer-envelope';
 import { CONFIGURATION_SET_HEADER, prependHeaderUnlessPresent } from './ses-headers';
 import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 
@@ -182,6 +189,51 @@ export class SesSmtpTransport implements Transport {
 
   async send(tx: Transaction): Promise<RecipientResult[]> {
     if (this.closed) return this.all(tx, 'transient', 0, 'transport closed');
+    const refused = this.unsendable(tx);
+    if (refused.size === 0) return this.sendTransaction(tx);
+    const rest = tx.recipients.filter((r) => !refused.has(r));
+    const sent = rest.length > 0 ? await this.sendTransaction({ ...tx, recipients: rest }) : [];
+    const byRecipient = new Map(sent.map((r) => [r.recipient, r]));
+    return tx.recipients.map(
+      (recipient) => refused.get(recipient) ?? byRecipient.get(recipient) ?? this.missing(recipient),
+    );
+  }
+
+  /**
+   * Recipients nodemailer would not send byte for byte (all of them when the sender is such), each with
+   * its permanent result. Empty for every address src/ingress/address-syntax.ts accepts.
+   */
+  private unsendable(tx: Transaction): Map<string, RecipientResult> {
+    const refused = new Map<string, RecipientResult>();
+    const whole = upstreamEnvelope(tx.mailFrom, tx.recipients);
+    const same = whole.from === tx.mailFrom && whole.to.length === tx.recipients.length;
+    if (same && whole.to.every((r, i) => r === tx.recipients[i])) return refused;
+    const fail = (recipient: string, reply: string) =>
+      refused.set(recipient, { recipient, class: 'permanent', code: 553, reply });
+    const from = tx.mailFrom ? upstreamForm(tx.mailFrom) : '';
+    if (from !== tx.mailFrom) {
+      const reply = `553 5.1.7 not sent: sender <${tx.mailFrom}> would go upstream as <${from}>`;
+      for (const r of tx.recipients) fail(r, reply);
+    } else {
+      for (const r of tx.recipients) {
+        const up = upstreamForm(r);
+        if (up !== r) fail(r, `553 5.1.3 not sent: recipient <${r}> would go upstream as <${up}>`);
+      }
+    }
+    if (refused.size > 0) {
+      this.logger.error(
+        { event: 'transport:unsendable-address', queueId: tx.id, recipients: [...refused.keys()] },
+        'addresses that cannot be sent byte for byte: failed, not rewritten',
+      );
+    }
+    return refused;
+  }
+
+  private missing(recipient: string): RecipientResult {
+    return { recipient, class: 'transient', code: 0, reply: 'no outcome from the transport' };
+  }
+
+  private async sendTransaction(tx: Transaction): Promise<RecipientResult[]> {
     let body: Readable;
     try {
       body = tx.body();
@@ -199,7 +251,7 @@ export class SesSmtpTransport implements Transport {
     gen.inFlight++;
     try {
       const info = (await gen.transporter.sendMail({
-        envelope: { from: tx.mailFrom, to: tx.recipients },
+        envelope: envelopeOf(tx.mailFrom, tx.recipients),
         raw,
       })) as SendInfo;
       this.lastNetworkFailure = false;

@@ -34,6 +34,10 @@ export interface ReceivedMessage {
   body: Buffer;
   /** smtp-server's connection id: messages sharing it went over one connection. */
   connectionId: string;
+  /** The MAIL FROM command line of this transaction exactly as it arrived (without CRLF). */
+  mailLine?: string;
+  /** Every RCPT TO command line of this transaction exactly as it arrived, accepted or not. */
+  rcptLines?: string[];
 }
 
 /**
@@ -142,6 +146,26 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
   let connectionsOpen = 0;
   let authCount = 0;
   const waiters = new Set<() => void>();
+  // The command lines of the transaction in progress, per connection, exactly as received: smtp-server
+  // parses MAIL/RCPT arguments (strips source routes, converts domains to Unicode), so tests that check
+  // what goes upstream byte for byte read the lines from its command log instead.
+  const lines = new Map<string, { mail: string; rcpt: string[] }>();
+  const console_ = options.logger ? console : undefined;
+  const commandLogger = {
+    debug(entry: { tnx?: string; cid?: string }, message: string, ...args: unknown[]) {
+      if (entry?.tnx === 'command' && message === 'C:' && entry.cid) {
+        const line = String(args[0] ?? '');
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === 'MAIL') lines.set(entry.cid, { mail: line, rcpt: [] });
+        else if (verb === 'RCPT') lines.get(entry.cid)?.rcpt.push(line);
+        else if (verb === 'RSET') lines.delete(entry.cid);
+      }
+      console_?.debug(message, ...args);
+    },
+    info: (_e: unknown, ...args: unknown[]) => console_?.info(...args),
+    warn: (_e: unknown, ...args: unknown[]) => console_?.warn(...args),
+    error: (_e: unknown, ...args: unknown[]) => console_?.error(...args),
+  };
 
   // SES-like token bucket in recipients.
   const rl = options.rateLimit;
@@ -204,7 +228,7 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
     allowInsecureAuth: false,
     hideENHANCEDSTATUSCODES: true,
     size: options.size ?? 40 * 1024 * 1024,
-    logger: options.logger ?? false,
+    logger: commandLogger,
     disableReverseLookup: true,
     closeTimeout: 200,
     onConnect(_session, cb) {
@@ -212,7 +236,8 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
       connectionsOpen++;
       cb();
     },
-    onClose() {
+    onClose(session) {
+      lines.delete(session.id);
       connectionsOpen--;
     },
     onAuth(auth, _session, cb) {
@@ -262,12 +287,16 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
               throttledCount++;
               return cb(answerError(FAKE_REPLIES.throttling));
             }
+            const received = lines.get(session.id);
+            lines.delete(session.id);
             messages.push({
               at: Date.now(),
               mailFrom: ctx.mailFrom,
               recipients: ctx.recipients,
               body: Buffer.concat(chunks),
               connectionId: session.id,
+              mailLine: received?.mail ?? '',
+              rcptLines: received?.rcpt ?? [],
             });
             cb(null, 'Ok ' + `fake-${messages.length}`);
             for (const w of [...waiters]) w();
