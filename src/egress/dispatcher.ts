@@ -12,6 +12,13 @@
  * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
  *   little jitter); SES throttling (454), an unreachable policy or limiter, and shutdown defer without
  *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires.
+ * - Outcomes are durable per SMTP transaction: a message sent in several transactions (more than
+ *   min(50, burst) recipients) records each one's final outcomes (`spool.record`) as soon as SES answered
+ *   it, and settles the rest after the last, so a crash re-sends at most the transaction in flight.
+ * - A spool that cannot be written pauses delivery (outcome-writer.ts): an outcome that could not be
+ *   written is kept in memory and its write retried with backoff, the message stays leased (never sent
+ *   again because of the write error), nothing is leased or sent meanwhile, and delivery resumes by
+ *   itself when a write (a retry or a probe) succeeds.
  * - stop(grace): stop leasing, abort limiter waits, let in-flight SMTP transactions finish within grace,
  *   release the rest to the spool (due again at once, or after a restart).
  */
@@ -19,6 +26,7 @@ import type { EgressConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
+import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
 import type { DeferralReason, RecipientOutcome } from '../types';
 import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
@@ -47,6 +55,8 @@ export interface DispatcherOptions {
   unavailableRetryMs?: number;
   /** Longest sleep between spool polls when nothing is due (default 5 s). */
   maxSleepMs?: number;
+  /** Backoff while the spool cannot be written: first and longest delay (default 250 ms .. 30 s). */
+  spoolRetryMs?: [number, number];
 }
 
 interface Task {
@@ -56,6 +66,17 @@ interface Task {
   abandoned: boolean;
   /** An SMTP transaction of this message is in progress. */
   sending: boolean;
+  /** Recipients SES accepted whose outcome is not yet durable (said in the log if abandoned). */
+  unrecordedDelivered: number;
+}
+
+/** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */
+interface Attempt {
+  recorded: RecipientOutcome[];
+  outcomes: RecipientOutcome[];
+  deferrals: Deferral[];
+  /** An SMTP transaction was attempted. */
+  attempted: boolean;
 }
 
 export class Dispatcher {
@@ -85,6 +106,7 @@ export class Dispatcher {
   private readonly slotWaiters: Array<() => void> = [];
   /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
   private readonly upstreamWindow: SendWindow;
+  private readonly writer: OutcomeWriter;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
@@ -108,6 +130,17 @@ export class Dispatcher {
     this.upstreamWindow =
       this.limiter.sendWindow?.() ??
       new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
+    this.writer = new OutcomeWriter(
+      this.spool,
+      this.logger,
+      options.spoolRetryMs ?? DEFAULT_SPOOL_RETRY_MS,
+      () => this.wake(),
+    );
+  }
+
+  /** Delivery is paused because the spool cannot be written (for /readyz). */
+  get paused(): boolean {
+    return this.writer.blocked();
   }
 
   start(): void {
@@ -152,8 +185,22 @@ export class Dispatcher {
   }
 
   private async loop(): Promise<void> {
+    let pauseMs = this.writer.retryMs[0];
     while (this.running) {
       this.woken = false;
+      if (this.writer.blocked()) {
+        // The spool cannot be written: lease nothing. Retries of unwritten outcomes probe by themselves;
+        // otherwise probe here, with backoff, until a write works.
+        await this.sleepUntilWoken(pauseMs);
+        if (!this.running) break;
+        if (this.writer.blocked() && this.writer.retryingWrites === 0) await this.writer.probe();
+        pauseMs = Math.min(pauseMs * 2, this.writer.retryMs[1]);
+        continue;
+      }
+      if (pauseMs !== this.writer.retryMs[0]) {
+        pauseMs = this.writer.retryMs[0];
+        this.writer.wakeAll(); // the spool recovered on its own (a store committed): release the gates
+      }
       const room = this.maxInFlight - this.tasks.size;
       let leased: QueuedMessage[] = [];
       if (room > 0) {
@@ -205,7 +252,13 @@ export class Dispatcher {
   }
 
   private begin(message: QueuedMessage): void {
-    const task: Task = { message, promise: Promise.resolve(), abandoned: false, sending: false };
+    const task: Task = {
+      message,
+      promise: Promise.resolve(),
+      abandoned: false,
+      sending: false,
+      unrecordedDelivered: 0,
+    };
     this.tasks.set(message.id, task);
     task.promise = this.deliver(task)
       .catch((err) => {
@@ -239,104 +292,140 @@ export class Dispatcher {
         status: 'expired',
         reply,
       }));
-      await this.settle(task, outcomes, []);
+      await this.settle(task, { recorded: [], outcomes, deferrals: [], attempted: false });
       return;
     }
+    const attempt: Attempt = { recorded: [], outcomes: [], deferrals: [], attempted: false };
+    const allowed = await this.checkPolicy(task, attempt);
+    if (allowed === undefined) {
+      await this.settle(task, attempt);
+      return;
+    }
+    for (let i = 0; i < allowed.length; i += this.chunkSize) {
+      const chunk = allowed.slice(i, i + this.chunkSize);
+      const go = await this.beforeTransaction(task, attempt, allowed.slice(i));
+      if (go === 'released' || task.abandoned) return;
+      if (go === 'stop') break;
+      attempt.attempted = true;
+      let results: RecipientResult[];
+      try {
+        results = await this.sendTransaction(task, chunk);
+      } finally {
+        this.upstreamWindow.done(go);
+        this.releaseSendSlot();
+      }
+      if (task.abandoned) return;
+      this.classify(results, attempt.outcomes, attempt.deferrals);
+      const more = i + this.chunkSize < allowed.length;
+      if (more && attempt.outcomes.length > 0) {
+        // Make this transaction's outcomes durable before the next one: a crash from here on re-sends
+        // only the transaction in flight, never this one.
+        const batch = attempt.outcomes.splice(0);
+        task.unrecordedDelivered = batch.filter((o) => o.status === 'delivered').length;
+        await this.writer.persist(
+          m.id,
+          () => this.spool.record(m.id, batch),
+          () => task.abandoned,
+        );
+        if (task.abandoned) return;
+        task.unrecordedDelivered = 0;
+        attempt.recorded.push(...batch);
+      }
+    }
+    await this.settle(task, attempt);
+  }
 
-    // Policy: who may we send to?
-    let allowed: string[];
-    const outcomes: RecipientOutcome[] = [];
-    const deferrals: Deferral[] = [];
+  /**
+   * Ask the suppression policy. Returns the recipients to send to (suppressed ones become outcomes), or
+   * undefined when the policy could not be consulted and every recipient was deferred.
+   */
+  private async checkPolicy(task: Task, attempt: Attempt): Promise<string[] | undefined> {
+    const m = task.message;
+    const recipients = m.envelope.recipients;
     try {
       const decision = await this.policy.check(recipients);
-      allowed = decision.allowed;
       for (const s of decision.suppressed) {
-        outcomes.push({
+        attempt.outcomes.push({
           recipient: s.recipient,
           status: 'suppressed',
           reply: `suppressed: ${s.matched} is on the suppression list${s.reason ? ` (${s.reason})` : ''}`,
         });
       }
+      return decision.allowed;
     } catch (err) {
       if (!this.failOpen) {
         const reply = `policy unavailable: ${(err as Error).message}`;
         if (!(err instanceof PolicyUnavailableError))
           this.logger.error({ err, queueId: m.id }, 'policy check failed');
         for (const recipient of recipients) {
-          deferrals.push({
+          attempt.deferrals.push({
             outcome: { recipient, status: 'deferred', reply },
             reason: 'policy-unavailable',
             counted: false,
           });
         }
-        await this.settle(task, [], deferrals);
-        return;
+        return undefined;
       }
       this.logger.warn(
         { event: 'policy:fail-open', queueId: m.id, err: (err as Error).message },
         'suppression list unavailable: sending anyway (BLOCKLIST_FAIL_OPEN)',
       );
-      allowed = [...recipients];
+      return [...recipients];
     }
+  }
 
-    let attempted = false;
-    for (let i = 0; i < allowed.length; i += this.chunkSize) {
-      const chunk = allowed.slice(i, i + this.chunkSize);
-      if (!this.running) {
-        if (!attempted && outcomes.length === 0) {
-          this.spool.release(m.id);
-          return;
-        }
-        for (const recipient of allowed.slice(i)) {
-          deferrals.push({
-            outcome: { recipient, status: 'deferred', reply: 'relay shutting down' },
-            reason: 'shutdown',
-            counted: false,
-          });
-        }
-        break;
+  /**
+   * Wait until one transaction of `rest[0..chunk]` may go: the spool writable, a connection slot, the
+   * limiter's tokens and room in the upstream window. Returns the window ticket; or `stop` when the rest
+   * was deferred (shutdown, limiter unavailable); or `released` when nothing happened yet and the
+   * message went back to the spool untouched.
+   */
+  private async beforeTransaction(
+    task: Task,
+    attempt: Attempt,
+    rest: string[],
+  ): Promise<SendTicket | 'stop' | 'released'> {
+    const m = task.message;
+    const size = Math.min(this.chunkSize, rest.length);
+    const untouched = () => !attempt.attempted && attempt.outcomes.length === 0;
+    const deferRest = (reason: DeferralReason, reply: string): 'stop' => {
+      for (const recipient of rest) {
+        attempt.deferrals.push({ outcome: { recipient, status: 'deferred', reply }, reason, counted: false });
       }
-      let slot = false;
-      let ticket: SendTicket | undefined;
-      try {
-        // A connection slot first, then the tokens: tokens are never spent on a transaction that
-        // would then queue inside the pool waiting for a connection (and reach SES in a bunch).
-        await this.acquireSendSlot(this.abort.signal);
-        slot = true;
-        await this.limiter.acquire(chunk.length, this.abort.signal);
-        ticket = await this.upstreamWindow.admit(chunk.length, this.abort.signal);
-      } catch (err) {
-        if (slot) this.releaseSendSlot();
-        if (task.abandoned) return;
-        const shutdown = !this.running;
-        if (shutdown && !attempted && outcomes.length === 0) {
-          this.spool.release(m.id);
-          return;
-        }
-        const reason: DeferralReason = shutdown ? 'shutdown' : 'limiter-unavailable';
-        const reply = shutdown
-          ? 'relay shutting down'
-          : `rate limiter unavailable: ${(err as Error).message}`;
-        if (!shutdown && !(err instanceof LimiterUnavailableError)) {
-          this.logger.error({ err, queueId: m.id }, 'limiter refused a transaction');
-        }
-        for (const recipient of allowed.slice(i)) {
-          deferrals.push({ outcome: { recipient, status: 'deferred', reply }, reason, counted: false });
-        }
-        break;
+      return 'stop';
+    };
+    if (!this.running) {
+      if (untouched()) {
+        this.spool.release(m.id);
+        return 'released';
       }
-      attempted = true;
-      let results: RecipientResult[];
-      try {
-        results = await this.sendTransaction(task, chunk);
-      } finally {
-        this.upstreamWindow.done(ticket!);
-        this.releaseSendSlot();
-      }
-      if (task.abandoned) return;
-      this.classify(results, outcomes, deferrals);
+      return deferRest('shutdown', 'relay shutting down');
     }
-    await this.settle(task, outcomes, deferrals);
+    let slot = false;
+    try {
+      // Nothing goes out while an outcome cannot be written. Then a connection slot, then the tokens:
+      // tokens are never spent on a transaction that would then queue inside the pool waiting for a
+      // connection (and reach SES in a bunch).
+      await this.writer.whenUnblocked(this.abort.signal);
+      await this.acquireSendSlot(this.abort.signal);
+      slot = true;
+      await this.writer.whenUnblocked(this.abort.signal); // again: the wait for a slot may have been long
+      await this.limiter.acquire(size, this.abort.signal);
+      return await this.upstreamWindow.admit(size, this.abort.signal);
+    } catch (err) {
+      if (slot) this.releaseSendSlot();
+      if (task.abandoned) return 'released';
+      const shutdown = !this.running;
+      if (shutdown && untouched()) {
+        this.spool.release(m.id);
+        return 'released';
+      }
+      if (shutdown) return deferRest('shutdown', 'relay shutting down');
+      if (!(err instanceof LimiterUnavailableError)) {
+        this.logger.error({ err, queueId: m.id }, 'limiter refused a transaction');
+      }
+      return deferRest('limiter-unavailable', `rate limiter unavailable: ${(err as Error).message}`);
+    }
   }
 
   /** Wait for one of the poolSize send slots (SMTP transactions in progress). */
@@ -443,10 +532,12 @@ export class Dispatcher {
     return { delay: this.unavailableRetryMs, counted: false };
   }
 
-  private async settle(task: Task, outcomes: RecipientOutcome[], deferrals: Deferral[]): Promise<void> {
+  /** End the attempt: write what is not yet durable (retrying while the spool refuses), then report. */
+  private async settle(task: Task, attempt: Attempt): Promise<void> {
     if (task.abandoned) return;
     const m = task.message;
-    const all = [...outcomes, ...deferrals.map((d) => d.outcome)];
+    const { outcomes, deferrals } = attempt;
+    const rest = [...outcomes, ...deferrals.map((d) => d.outcome)];
     let retryAt: number | undefined;
     let countAttempt = true;
     if (deferrals.length) {
@@ -454,12 +545,19 @@ export class Dispatcher {
       retryAt = this.now() + delay;
       countAttempt = counted;
     }
-    await this.spool.settle(m.id, all, { retryAt, countAttempt });
+    task.unrecordedDelivered = outcomes.filter((o) => o.status === 'delivered').length;
+    const state = await this.writer.persist(
+      m.id,
+      () => this.spool.settle(m.id, rest, { retryAt, countAttempt }),
+      () => task.abandoned,
+    );
+    if (state === undefined) return; // abandoned at shutdown: stop() logged it
+    task.unrecordedDelivered = 0;
     reportAttempt({
       logger: this.logger,
       upstream: this.transport.name,
       message: m,
-      outcomes: all,
+      outcomes: [...attempt.recorded, ...rest],
       deferrals,
       retryAt,
       countAttempt,
@@ -488,15 +586,21 @@ export class Dispatcher {
       ]);
       clearTimeout(timer);
       if (timedOut) {
+        for (const t of this.tasks.values()) t.abandoned = true;
+        this.writer.wakeAll();
         for (const t of this.tasks.values()) {
-          t.abandoned = true;
           try {
             this.spool.release(t.message.id);
           } catch {
             /* spool already closed */
           }
           this.logger.warn(
-            { event: 'message:released', queueId: t.message.id, sending: t.sending },
+            {
+              event: 'message:released',
+              queueId: t.message.id,
+              sending: t.sending,
+              unrecordedDelivered: t.unrecordedDelivered,
+            },
             'shutdown grace exceeded: message released to the spool (it may be sent again: at-least-once)',
           );
         }
