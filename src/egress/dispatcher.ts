@@ -24,9 +24,11 @@
  */
 import type { EgressConfig } from '../config';
 import type { Logger } from '../observability/logger';
-import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
+import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
+import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
+import { SendSlots } from './send-slots';
 import type { DeferralReason, RecipientOutcome } from '../types';
 import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
@@ -83,14 +85,14 @@ export class Dispatcher {
   private readonly spool: Spool;
   private readonly transport: Transport;
   private readonly limiter: RecipientLimiter;
-  private readonly policy: RecipientPolicy;
+  readonly policy: RecipientPolicy;
   private readonly config: DispatcherOptions['config'];
-  private readonly logger: Logger;
+  readonly logger: Logger;
   private readonly now: () => number;
-  private readonly failOpen: boolean;
+  readonly failOpen: boolean;
   private readonly chunkSize: number;
   private readonly maxInFlight: number;
-  private readonly throttleRetryMs: [number, number];
+  private readonly retryPolicy: RetryPolicy;
   private readonly unavailableRetryMs: number;
   private readonly maxSleepMs: number;
 
@@ -101,9 +103,8 @@ export class Dispatcher {
   private woken = false;
   private abort = new AbortController();
   private idleWaiters: Array<() => void> = [];
-  /** Free SMTP transaction slots (one per pooled connection) and who waits for one. */
-  private sendSlotsFree: number;
-  private readonly slotWaiters: Array<() => void> = [];
+  /** SMTP transaction slots, one per pooled connection. */
+  private readonly slots: SendSlots;
   /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
   private readonly upstreamWindow: SendWindow;
   private readonly writer: OutcomeWriter;
@@ -122,9 +123,13 @@ export class Dispatcher {
       Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
     );
     this.maxInFlight = Math.max(1, options.config.poolSize * 2);
-    this.sendSlotsFree = Math.max(1, options.config.poolSize);
-    this.throttleRetryMs = options.throttleRetryMs ?? [1000, 5000];
+    this.slots = new SendSlots(options.config.poolSize);
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
+    this.retryPolicy = {
+      retryScheduleMs: options.config.retryScheduleMs,
+      throttleRetryMs: options.throttleRetryMs ?? [1000, 5000],
+      unavailableRetryMs: this.unavailableRetryMs,
+    };
     this.maxSleepMs = options.maxSleepMs ?? 5000;
     const burst = Math.max(1, Math.floor(options.burst));
     this.upstreamWindow =
@@ -296,7 +301,7 @@ export class Dispatcher {
       return;
     }
     const attempt: Attempt = { recorded: [], outcomes: [], deferrals: [], attempted: false };
-    const allowed = await this.checkPolicy(task, attempt);
+    const allowed = await consultPolicy(this, m, attempt);
     if (allowed === undefined) {
       await this.settle(task, attempt);
       return;
@@ -312,10 +317,10 @@ export class Dispatcher {
         results = await this.sendTransaction(task, chunk);
       } finally {
         this.upstreamWindow.done(go);
-        this.releaseSendSlot();
+        this.slots.release();
       }
       if (task.abandoned) return;
-      this.classify(results, attempt.outcomes, attempt.deferrals);
+      classifyResults(results, attempt.outcomes, attempt.deferrals);
       const more = i + this.chunkSize < allowed.length;
       if (more && attempt.outcomes.length > 0) {
         // Make this transaction's outcomes durable before the next one: a crash from here on re-sends
@@ -333,45 +338,6 @@ export class Dispatcher {
       }
     }
     await this.settle(task, attempt);
-  }
-
-  /**
-   * Ask the suppression policy. Returns the recipients to send to (suppressed ones become outcomes), or
-   * undefined when the policy could not be consulted and every recipient was deferred.
-   */
-  private async checkPolicy(task: Task, attempt: Attempt): Promise<string[] | undefined> {
-    const m = task.message;
-    const recipients = m.envelope.recipients;
-    try {
-      const decision = await this.policy.check(recipients);
-      for (const s of decision.suppressed) {
-        attempt.outcomes.push({
-          recipient: s.recipient,
-          status: 'suppressed',
-          reply: `suppressed: ${s.matched} is on the suppression list${s.reason ? ` (${s.reason})` : ''}`,
-        });
-      }
-      return decision.allowed;
-    } catch (err) {
-      if (!this.failOpen) {
-        const reply = `policy unavailable: ${(err as Error).message}`;
-        if (!(err instanceof PolicyUnavailableError))
-          this.logger.error({ err, queueId: m.id }, 'policy check failed');
-        for (const recipient of recipients) {
-          attempt.deferrals.push({
-            outcome: { recipient, status: 'deferred', reply },
-            reason: 'policy-unavailable',
-            counted: false,
-          });
-        }
-        return undefined;
-      }
-      this.logger.warn(
-        { event: 'policy:fail-open', queueId: m.id, err: (err as Error).message },
-        'suppression list unavailable: sending anyway (BLOCKLIST_FAIL_OPEN)',
-      );
-      return [...recipients];
-    }
   }
 
   /**
@@ -407,13 +373,13 @@ export class Dispatcher {
       // tokens are never spent on a transaction that would then queue inside the pool waiting for a
       // connection (and reach SES in a bunch).
       await this.writer.whenUnblocked(this.abort.signal);
-      await this.acquireSendSlot(this.abort.signal);
+      await this.slots.acquire(this.abort.signal);
       slot = true;
       await this.writer.whenUnblocked(this.abort.signal); // again: the wait for a slot may have been long
       await this.limiter.acquire(size, this.abort.signal);
       return await this.upstreamWindow.admit(size, this.abort.signal);
     } catch (err) {
-      if (slot) this.releaseSendSlot();
+      if (slot) this.slots.release();
       if (task.abandoned) return 'released';
       const shutdown = !this.running;
       if (shutdown && untouched()) {
@@ -426,34 +392,6 @@ export class Dispatcher {
       }
       return deferRest('limiter-unavailable', `rate limiter unavailable: ${(err as Error).message}`);
     }
-  }
-
-  /** Wait for one of the poolSize send slots (SMTP transactions in progress). */
-  private acquireSendSlot(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(new Error('dispatcher stopping'));
-    if (this.sendSlotsFree > 0) {
-      this.sendSlotsFree--;
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve, reject) => {
-      const waiter = () => {
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        const i = this.slotWaiters.indexOf(waiter);
-        if (i >= 0) this.slotWaiters.splice(i, 1);
-        reject(new Error('dispatcher stopping'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.slotWaiters.push(waiter);
-    });
-  }
-
-  private releaseSendSlot(): void {
-    const next = this.slotWaiters.shift();
-    if (next) next();
-    else this.sendSlotsFree++;
   }
 
   private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
@@ -490,48 +428,6 @@ export class Dispatcher {
     return results;
   }
 
-  private classify(results: RecipientResult[], outcomes: RecipientOutcome[], deferrals: Deferral[]): void {
-    for (const r of results) {
-      const base = { recipient: r.recipient, reply: r.reply, code: r.code };
-      switch (r.class) {
-        case 'delivered':
-          outcomes.push({ ...base, status: 'delivered' });
-          break;
-        case 'permanent':
-          outcomes.push({ ...base, status: 'failed' });
-          break;
-        case 'throttled':
-          deferrals.push({
-            outcome: { ...base, status: 'deferred' },
-            reason: 'throttled-by-ses',
-            counted: false,
-          });
-          break;
-        case 'transient':
-          deferrals.push({
-            outcome: { ...base, status: 'deferred' },
-            reason: r.code === 0 ? 'network' : 'upstream-transient',
-            counted: true,
-          });
-          break;
-      }
-    }
-  }
-
-  private retryDelay(attempts: number, deferrals: Deferral[]): { delay: number; counted: boolean } {
-    if (deferrals.some((d) => d.counted)) {
-      const s = this.config.retryScheduleMs;
-      const base = s[Math.min(attempts, s.length - 1)] ?? 60_000;
-      return { delay: base + Math.random() * Math.min(base * 0.1, 5000), counted: true };
-    }
-    if (deferrals.some((d) => d.reason === 'throttled-by-ses')) {
-      const [lo, hi] = this.throttleRetryMs;
-      return { delay: lo + Math.random() * Math.max(0, hi - lo), counted: false };
-    }
-    if (deferrals.every((d) => d.reason === 'shutdown')) return { delay: 0, counted: false };
-    return { delay: this.unavailableRetryMs, counted: false };
-  }
-
   /** End the attempt: write what is not yet durable (retrying while the spool refuses), then report. */
   private async settle(task: Task, attempt: Attempt): Promise<void> {
     if (task.abandoned) return;
@@ -541,7 +437,7 @@ export class Dispatcher {
     let retryAt: number | undefined;
     let countAttempt = true;
     if (deferrals.length) {
-      const { delay, counted } = this.retryDelay(m.attempts, deferrals);
+      const { delay, counted } = retryDelay(this.retryPolicy, m.attempts, deferrals);
       retryAt = this.now() + delay;
       countAttempt = counted;
     }

@@ -1,10 +1,32 @@
 /**
- * Writing delivery outcomes into the spool's rows, inside a group-commit operation: the SQL half of
- * `SqliteSpool.record` and `SqliteSpool.settle`. Pure database work, re-runnable (group-commit.ts replays
+ * Writing a message and its delivery outcomes into the spool's rows, inside a group-commit operation:
+ * the SQL half of `SqliteSpool.store`, `record` and `settle`. Pure database work, re-runnable (group-commit.ts replays
  * a batch with savepoints when one operation fails); the callers do the in-memory bookkeeping on commit.
  */
 import type { MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';
-import type { MessageRow, SpoolStatements } from './spool-schema';
+import type { FailedMessage } from './spool';
+import { parseReception, type MessageRow, type RecipientRow, type SpoolStatements } from './spool-schema';
+
+/** Insert a new message (state `queued`, every recipient `queued`) with its inline body, if any. */
+export function insertMessage(
+  stmt: SpoolStatements,
+  m: { id: MessageId; mailFrom: string; receptionJson: string; receivedAt: number; recipients: string[] },
+  body: { size: number; content?: Buffer },
+): void {
+  const inFile = body.content === undefined ? 1 : 0;
+  stmt.insertMessage.run(
+    m.id,
+    m.mailFrom,
+    m.receptionJson,
+    m.receivedAt,
+    body.size,
+    inFile,
+    m.receivedAt,
+    m.recipients.length,
+  );
+  m.recipients.forEach((recipient, position) => stmt.insertRecipient.run(m.id, position, recipient));
+  if (body.content) stmt.insertBody.run(m.id, body.content);
+}
 
 export interface Applied {
   /** Recipients named in the outcomes that were not waiting (already final, or not in the message). */
@@ -61,8 +83,32 @@ export function finishAttempt(
     stmt.markFailed.run(options.now, attempts, row.id);
     return { state: 'failed', stored: 'failed', removed: false };
   }
-  stmt.deleteRecipients.run(row.id);
-  stmt.deleteBody.run(row.id);
-  stmt.deleteMessage.run(row.id);
+  deleteMessage(stmt, row.id);
   return { state: 'delivered', removed: true };
+}
+
+/** Remove a message's rows (its body file, if any, is the caller's to remove after the commit). */
+export function deleteMessage(stmt: SpoolStatements, id: MessageId): void {
+  stmt.deleteRecipients.run(id);
+  stmt.deleteBody.run(id);
+  stmt.deleteMessage.run(id);
+}
+
+/** A failed message as `Spool.listFailed` returns it. */
+export function failedMessageOf(row: MessageRow, recipients: RecipientRow[]): FailedMessage {
+  return {
+    id: row.id,
+    envelope: { mailFrom: row.mail_from, recipients: recipients.map((r) => r.recipient) },
+    reception: parseReception(row),
+    outcomes: recipients.map((r) => {
+      const outcome: RecipientOutcome = {
+        recipient: r.recipient,
+        status: r.status === 'queued' ? 'deferred' : r.status,
+      };
+      if (r.reply !== null) outcome.reply = r.reply;
+      if (r.code !== null) outcome.code = r.code;
+      return outcome;
+    }),
+    finishedAt: row.finished_at ?? 0,
+  };
 }

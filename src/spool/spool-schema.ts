@@ -127,6 +127,18 @@ export function migrateSchema(db: Database.Database): number {
   return found;
 }
 
+/**
+ * The relay's connection settings — WAL with `synchronous=FULL` (a COMMIT returns after the WAL's
+ * fsync), a bounded WAL, a busy timeout for the inspector's readers — then migrateSchema.
+ */
+export function configureAndMigrate(db: Database.Database): number {
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('journal_size_limit = 67108864');
+  db.pragma('busy_timeout = 5000');
+  return migrateSchema(db);
+}
+
 /** Leasable messages in due order (uses the partial index `messages_due`). */
 export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at, state
   FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
@@ -150,6 +162,12 @@ export interface MessageRow {
   attempts: number;
   pending_recipients: number;
   finished_at: number | null;
+}
+
+export interface StateCountRow {
+  state: StoredMessageState;
+  messages: number;
+  recipients: number;
 }
 
 export interface RecipientRow {

@@ -37,19 +37,36 @@ import type {
   RecipientOutcome,
   StoredMessageState,
 } from '../types';
-import { bodyFilePath, fsyncDir, readBody, removeQuietly, writeAll, type ReadBody } from './body-files';
-import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
-import { isQueueId, newQueueId } from './queue-id';
 import {
-  migrateSchema,
+  bodyFilePath,
+  fsyncDir,
+  probeDirectory,
+  readBody,
+  removeOrphanBodies,
+  removeQuietly,
+  type ReadBody,
+} from './body-files';
+import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
+import { newQueueId } from './queue-id';
+import {
+  configureAndMigrate,
   parseReception,
   prepareStatements,
   SCHEMA_VERSION,
+  SpoolSchemaError,
   type MessageRow,
   type RecipientRow,
   type SpoolStatements,
+  type StateCountRow,
 } from './spool-schema';
-import { applyOutcomes, finishAttempt } from './spool-outcomes';
+import {
+  applyOutcomes,
+  deleteMessage,
+  failedMessageOf,
+  finishAttempt,
+  insertMessage,
+} from './spool-outcomes';
+import { LeaseTable } from './spool-leases';
 import { lockSpool, type SpoolLock } from './spool-lock';
 import { spoolWriteErrors } from './spool-metrics';
 import { isStorageError, WriteHealth } from './write-health';
@@ -86,12 +103,7 @@ const PROBE_BYTES = 64 * 1024;
 type StateCounts = Record<StoredMessageState, number>;
 
 export class SqliteSpool implements Spool {
-  /** Leased messages and the state their row had when leased. */
-  private readonly leases = new Map<MessageId, StoredMessageState>();
-  /** Released messages not to lease again before this time, even if the row could not be updated. */
-  private readonly notBefore = new Map<MessageId, number>();
-  /** Messages whose last record/settle failed: its COMMIT may still have reached the disk. */
-  private readonly uncertain = new Set<MessageId>();
+  private readonly leases = new LeaseTable();
   private readonly storesInFlight = new Set<Promise<unknown>>();
   private closed = false;
   private closing?: Promise<void>;
@@ -136,20 +148,13 @@ export class SqliteSpool implements Spool {
     const lock = lockSpool(dir);
     let db: Database.Database | undefined;
     try {
-      let fromVersion: number;
       try {
         db = new Database(path.join(dir, 'spool.db'));
-        db.pragma('journal_mode = WAL');
-        db.pragma('synchronous = FULL');
-        db.pragma('journal_size_limit = 67108864');
-        db.pragma('busy_timeout = 5000');
-        fromVersion = migrateSchema(db);
+        const from = configureAndMigrate(db);
+        if (from !== SCHEMA_VERSION) logger.info({ dir, from, to: SCHEMA_VERSION }, 'spool schema migrated');
       } catch (err) {
-        if (err instanceof Error && err.name === 'SpoolSchemaError') throw err;
+        if (err instanceof SpoolSchemaError) throw err;
         throw new SpoolWriteError(`cannot open spool database in ${dir}`, err);
-      }
-      if (fromVersion !== SCHEMA_VERSION) {
-        logger.info({ dir, from: fromVersion, to: SCHEMA_VERSION }, 'spool schema migrated');
       }
       // The database and WAL files may have just been created: make their directory entries durable.
       await fsyncDir(dir);
@@ -162,7 +167,13 @@ export class SqliteSpool implements Spool {
         logger,
       );
       try {
-        await spool.removeOrphanBodies();
+        // Only under the lock: another relay's uncommitted body files would look orphaned.
+        const orphans = await removeOrphanBodies(
+          bodiesDir,
+          (id) => spool.stmt.bodyInfo.get(id) !== undefined,
+        );
+        if (orphans)
+          logger.warn({ removed: orphans }, 'removed orphan body files left by an interrupted store');
         spool.loadCounters();
         await spool.prune();
       } catch (err) {
@@ -228,18 +239,11 @@ export class SqliteSpool implements Spool {
     try {
       await this.committer.run<void>(
         () => {
-          this.stmt.insertMessage.run(
-            id,
-            envelope.mailFrom,
-            receptionJson,
-            receivedAt,
-            read.size,
-            inFile ? 1 : 0,
-            receivedAt,
-            recipients.length,
+          insertMessage(
+            this.stmt,
+            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients },
+            read,
           );
-          recipients.forEach((recipient, position) => this.stmt.insertRecipient.run(id, position, recipient));
-          if (read.content) this.stmt.insertBody.run(id, read.content);
           return {
             value: undefined,
             onCommit: () => {
@@ -268,7 +272,7 @@ export class SqliteSpool implements Spool {
     const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
     if (max <= 0) return leased;
     for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (this.leases.has(row.id) || (this.notBefore.get(row.id) ?? 0) > now) continue;
+      if (!this.leases.leasable(row.id, now)) continue;
       const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
       if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
       leased.push({
@@ -283,20 +287,16 @@ export class SqliteSpool implements Spool {
       if (leased.length >= max) break;
     }
     return leased.map(({ state, ...message }) => {
-      this.leases.set(message.id, state);
-      this.notBefore.delete(message.id);
+      this.leases.take(message.id, state);
       return message;
     });
   }
 
   nextDueAt(): number | undefined {
     this.assertOpen();
-    let next: number | undefined;
-    for (const [id, at] of this.notBefore) {
-      if (!this.leases.has(id) && (next === undefined || at < next)) next = at;
-    }
+    const next = this.leases.earliestHold();
     for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (this.leases.has(row.id) || this.notBefore.has(row.id)) continue;
+      if (this.leases.has(row.id) || this.leases.heldBack(row.id)) continue;
       return next === undefined ? row.due_at : Math.min(next, row.due_at);
     }
     return next;
@@ -320,7 +320,7 @@ export class SqliteSpool implements Spool {
     await this.write(id, () => {
       const row = this.stmt.message.get(id) as MessageRow | undefined;
       if (!row || row.state === 'failed') {
-        if (this.uncertain.has(id)) return { value: undefined }; // the failed write did commit
+        if (this.leases.isUncertain(id)) return { value: undefined }; // the failed write did commit
         throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
       }
       const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
@@ -344,14 +344,14 @@ export class SqliteSpool implements Spool {
   ): Promise<MessageState> {
     const now = Date.now();
     if (outcomes.some((o) => o.status === 'deferred') && options.retryAt === undefined) {
-      this.endLease(id);
+      this.leases.end(id);
       throw new TypeError('settle: retryAt is required when a recipient is deferred');
     }
     const state = await this.write<MessageState>(id, () => {
       const row = this.stmt.message.get(id) as MessageRow | undefined;
       if (!row || row.state === 'failed') {
         // A failed write of this settlement may have committed after all: then this retry is done.
-        if (this.uncertain.has(id)) return { value: row ? 'failed' : 'delivered' };
+        if (this.leases.isUncertain(id)) return { value: row ? 'failed' : 'delivered' };
         throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
       }
       const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
@@ -368,7 +368,7 @@ export class SqliteSpool implements Spool {
         },
       };
     });
-    this.endLease(id);
+    this.leases.end(id);
     return state;
   }
 
@@ -379,25 +379,24 @@ export class SqliteSpool implements Spool {
   private async write<T>(id: MessageId, apply: () => OpResult<T>): Promise<T> {
     try {
       const value = await this.committer.run<T>(apply);
-      this.uncertain.delete(id);
+      this.leases.settled(id);
       return value;
     } catch (err) {
       if (err instanceof SpoolWriteError && !this.closed) {
-        this.uncertain.add(id);
+        this.leases.markUncertain(id);
         spoolWriteErrors.inc({ stage: 'settle' });
         throw err;
       }
-      this.endLease(id);
+      this.leases.end(id);
       throw err;
     }
   }
 
   release(id: MessageId, dueAt?: number): void {
     if (!this.leases.has(id)) return;
-    this.leases.delete(id);
-    if (dueAt === undefined || this.closed) return;
     // In memory first: the message stays out of circulation until dueAt even if the row cannot be written.
-    if (dueAt > Date.now()) this.notBefore.set(id, dueAt);
+    this.leases.release(id, dueAt);
+    if (dueAt === undefined || this.closed) return;
     // Not worth a durable commit: after a restart everything unfinished is due anyway.
     try {
       this.stmt.setDue.run(dueAt, id);
@@ -406,14 +405,8 @@ export class SqliteSpool implements Spool {
     }
   }
 
-  private endLease(id: MessageId): void {
-    this.leases.delete(id);
-    this.notBefore.delete(id);
-    this.uncertain.delete(id);
-  }
-
   private warnUnmatched(id: MessageId, unmatched: string[]): void {
-    if (unmatched.length === 0 || this.uncertain.has(id)) return;
+    if (unmatched.length === 0 || this.leases.isUncertain(id)) return;
     this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not waiting');
   }
 
@@ -421,8 +414,7 @@ export class SqliteSpool implements Spool {
 
   counts(): SpoolCounts {
     this.assertOpen();
-    const sending: StateCounts = { queued: 0, deferred: 0, held: 0, failed: 0 };
-    for (const state of this.leases.values()) sending[state] += 1;
+    const sending = this.leases.byStoredState();
     const oldest = this.stmt.oldest.pluck().get() as number | null;
     const { queued, deferred, held, failed } = this.byState;
     return {
@@ -440,24 +432,7 @@ export class SqliteSpool implements Spool {
   listFailed(limit = 100): FailedMessage[] {
     this.assertOpen();
     const rows = this.stmt.failed.all(limit) as MessageRow[];
-    return rows.map((row) => {
-      const recipients = this.stmt.recipients.all(row.id) as RecipientRow[];
-      return {
-        id: row.id,
-        envelope: { mailFrom: row.mail_from, recipients: recipients.map((r) => r.recipient) },
-        reception: parseReception(row),
-        outcomes: recipients.map((r) => {
-          const outcome: RecipientOutcome = {
-            recipient: r.recipient,
-            status: r.status === 'queued' ? 'deferred' : r.status,
-          };
-          if (r.reply !== null) outcome.reply = r.reply;
-          if (r.code !== null) outcome.code = r.code;
-          return outcome;
-        }),
-        finishedAt: row.finished_at ?? 0,
-      };
-    });
+    return rows.map((row) => failedMessageOf(row, this.stmt.recipients.all(row.id) as RecipientRow[]));
   }
 
   /** Group-commit statistics since open. */
@@ -475,19 +450,12 @@ export class SqliteSpool implements Spool {
    */
   async isWritable(): Promise<boolean> {
     if (this.closed) return false;
-    const probe = path.join(this.bodiesDir, `.probe-${process.pid}-${Date.now().toString(36)}`);
-    let file: fsp.FileHandle | undefined;
     try {
-      file = await fsp.open(probe, 'w');
-      await writeAll(file, Buffer.alloc(PROBE_BYTES));
-      await file.sync();
+      await probeDirectory(this.bodiesDir, PROBE_BYTES);
     } catch (err) {
       this.writeHealth.failed(err);
       this.logger.warn({ err }, 'spool directory is not writable');
       return false;
-    } finally {
-      if (file) await file.close().catch(() => undefined);
-      await removeQuietly(probe);
     }
     try {
       await this.committer.run(() => {
@@ -512,7 +480,6 @@ export class SqliteSpool implements Spool {
     await Promise.allSettled([...this.storesInFlight]);
     await this.committer.whenIdle();
     this.leases.clear();
-    this.notBefore.clear();
     this.db.close();
     this.lock.release();
   }
@@ -529,11 +496,7 @@ export class SqliteSpool implements Spool {
           id: string;
           body_in_file: number;
         }>;
-        for (const victim of victims) {
-          this.stmt.deleteRecipients.run(victim.id);
-          this.stmt.deleteBody.run(victim.id);
-          this.stmt.deleteMessage.run(victim.id);
-        }
+        for (const victim of victims) deleteMessage(this.stmt, victim.id);
         return {
           value: victims.length,
           onCommit: () => {
@@ -565,34 +528,9 @@ export class SqliteSpool implements Spool {
 
   private loadCounters(): void {
     this.pendingRecipients = 0;
-    for (const row of this.stmt.stateCounts.all() as Array<{
-      state: StoredMessageState;
-      messages: number;
-      recipients: number;
-    }>) {
+    for (const row of this.stmt.stateCounts.all() as StateCountRow[]) {
       this.byState[row.state] = row.messages;
       if (row.state !== 'failed') this.pendingRecipients += row.recipients;
-    }
-  }
-
-  /**
-   * Remove `.tmp` leftovers, write probes and `.eml` files whose row never committed (crash before
-   * COMMIT). Runs only under the spool lock: another relay's uncommitted files would look orphaned.
-   */
-  private async removeOrphanBodies(): Promise<void> {
-    const names = await fsp.readdir(this.bodiesDir);
-    let removed = 0;
-    for (const name of names) {
-      const full = path.join(this.bodiesDir, name);
-      const match = /^(.*)\.(tmp|eml)$/.exec(name);
-      if (!match && !name.startsWith('.probe-')) continue;
-      if (match && match[2] === 'eml' && isQueueId(match[1]) && this.stmt.bodyInfo.get(match[1])) continue;
-      await removeQuietly(full);
-      removed += 1;
-    }
-    if (removed > 0) {
-      await fsyncDir(this.bodiesDir);
-      this.logger.warn({ removed }, 'removed orphan body files left by an interrupted store');
     }
   }
 
