@@ -12,6 +12,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import type Database from 'better-sqlite3';
+import pino from 'pino';
 import { registry } from '../src/observability/metrics';
 import { SpoolWriteError } from '../src/spool/spool';
 import { SqliteSpool } from '../src/spool/sqlite-spool';
@@ -98,6 +99,27 @@ describe('delivery while the spool cannot be written', () => {
       [...perRecipient(h.ses.messages).values()].every((n) => n === 1),
       'each recipient exactly once',
     );
+  });
+});
+
+describe('shutdown while an outcome cannot be written', () => {
+  it('stop(grace) gives up after its grace and says what may go out again', async (t) => {
+    const lines: Array<Record<string, unknown>> = [];
+    const logger = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    const h = await startEgress({ paused: true, poolSize: 1, spoolRetryMs: [50, 100], logger });
+    t.after(() => h.close());
+    await h.store(['a@example.com']);
+    readOnly(h.spool, true);
+    h.dispatcher.start();
+    await h.ses.waitFor(1, 5000);
+    await waitUntil(() => lines.some((l) => l.event === 'spool:outcome-unwritten'), 2000, 'a failed write');
+    const t0 = Date.now();
+    await h.dispatcher.stop(300);
+    assert.ok(Date.now() - t0 < 1500, `stop took ${Date.now() - t0} ms`);
+    const released = lines.find((l) => l.event === 'message:released');
+    assert.equal(released?.unrecordedDelivered, 1, 'the log says one delivered recipient is unrecorded');
+    assert.equal(h.ses.messages.length, 1);
+    readOnly(h.spool, false);
   });
 });
 
