@@ -57,7 +57,7 @@ export interface DispatcherOptions {
   unavailableRetryMs?: number;
   /** Longest sleep between spool polls when nothing is due (default 5 s). */
   maxSleepMs?: number;
-  /** Backoff while the spool cannot be written: first and longest delay (default 250 ms .. 30 s). */
+  /** Backoff while the spool cannot be written: first and longest delay (default 250 ms .. 10 s). */
   spoolRetryMs?: [number, number];
 }
 
@@ -198,7 +198,8 @@ export class Dispatcher {
         // otherwise probe here, with backoff, until a write works.
         await this.sleepUntilWoken(pauseMs);
         if (!this.running) break;
-        if (this.writer.blocked() && this.writer.retryingWrites === 0) await this.writer.probe();
+        if (this.writer.retryingWrites === 0) await this.writer.probe();
+        else if (this.spool.health().writable) this.writer.wakeAll(); // another write worked: retry now
         pauseMs = Math.min(pauseMs * 2, this.writer.retryMs[1]);
         continue;
       }

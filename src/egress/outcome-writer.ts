@@ -4,7 +4,7 @@
  * written, and a message is never sent again because of a write error.
  *
  * - `persist` retries the same write (spool.record or spool.settle, which keep the lease while they fail)
- *   with exponential backoff — 250 ms doubling to 30 s by default — until it is durable. The outcome stays
+ *   with exponential backoff — 250 ms doubling to 10 s by default — until it is durable. The outcome stays
  *   in memory meanwhile; the message stays leased, so nothing sends it again.
  * - `blocked()` is true while the spool reports a failed write or an outcome waits to be written: the
  *   dispatcher then leases nothing and starts no SMTP transaction (`whenUnblocked`), and probes the spool
@@ -16,7 +16,7 @@ import { SpoolWriteError, type Spool } from '../spool/spool';
 import { spoolSettleRetries } from '../spool/spool-metrics';
 import type { MessageId } from '../types';
 
-export const DEFAULT_SPOOL_RETRY_MS: [number, number] = [250, 30_000];
+export const DEFAULT_SPOOL_RETRY_MS: [number, number] = [250, 10_000];
 
 export class OutcomeWriter {
   /** Writes that failed and are being retried. */

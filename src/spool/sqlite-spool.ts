@@ -111,6 +111,7 @@ export class SqliteSpool implements Spool {
   /** Messages by stored state, and recipients still to be delivered. */
   private readonly byState: StateCounts = { queued: 0, deferred: 0, held: 0, failed: 0 };
   private pendingRecipients = 0;
+  private probing?: Promise<boolean>;
 
   private readonly stmt: SpoolStatements;
   private readonly committer: GroupCommitter;
@@ -448,8 +449,14 @@ export class SqliteSpool implements Spool {
    * Probe with real durable writes: a file of PROBE_BYTES written and fsynced in the body directory, and
    * a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
    */
-  async isWritable(): Promise<boolean> {
-    if (this.closed) return false;
+  isWritable(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    // Concurrent callers (/readyz, the dispatcher) share one probe.
+    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    return this.probing;
+  }
+
+  private async probe(): Promise<boolean> {
     try {
       await probeDirectory(this.bodiesDir, PROBE_BYTES);
     } catch (err) {
