@@ -188,6 +188,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     const checks: ReadinessReport['checks'] = {
       smtp: smtp?.listening ? 'ok' : 'failing',
       spool: writable ? 'ok' : 'failing',
+      delivery: dispatcher.paused ? 'degraded' : 'ok',
       upstream: transport.healthy() ? 'ok' : 'degraded',
       limiter: limiter.status().available ? 'ok' : 'degraded',
       suppressionList: policy.healthy() ? 'ok' : 'degraded',

@@ -25,14 +25,67 @@ export interface Reception {
 }
 
 /**
- * Where a message is. A message is `queued` until it is due, `leased` while a delivery attempt holds
- * it, `deferred` after a transient failure until its next attempt, and ends `delivered` (removed),
- * `failed` (kept for inspection) or `suppressed` (every recipient on the suppression list).
+ * Where a message is: ONE closed set of words, shared by the spool database (`messages.state`), the queue
+ * CLI's filters (`npm run queue -- list deferred`), the `state` label of `ses_relay_queue_messages` and the
+ * log events (`message:delivered`, `message:deferred`, ...).
+ *
+ * - `queued`: in the spool, waiting for its first attempt (or its turn; due now or at its due time).
+ * - `sending`: a delivery attempt holds it (a lease, in memory only: after a crash it is `queued` or
+ *   `deferred` again, as the spool last recorded it).
+ * - `deferred`: in the spool after a transient failure (4xx, network, throttling, an unavailable
+ *   suppression list or limiter), until its next attempt on RETRY_SCHEDULE.
+ * - `held`: reserved for an operator's hold/release (a later release); the schema accepts it, nothing sets
+ *   it yet, and the dispatcher never leases a held message.
+ * - `failed`: finished with at least one recipient `failed` or `expired`; kept for SPOOL_FAILED_RETENTION.
+ * - `delivered`: finished, every recipient `delivered` or `suppressed`; removed from the spool.
  */
-export type MessageState = 'queued' | 'leased' | 'deferred' | 'delivered' | 'failed' | 'suppressed';
+export const MESSAGE_STATES = ['queued', 'sending', 'deferred', 'held', 'failed', 'delivered'] as const;
+export type MessageState = (typeof MESSAGE_STATES)[number];
 
-/** Final or interim outcome for one recipient. */
-export type RecipientStatus = 'delivered' | 'deferred' | 'failed' | 'suppressed' | 'expired';
+/** The states a message has in the spool database (its CHECK constraint) and the queue CLI's filters. */
+export const STORED_MESSAGE_STATES = ['queued', 'deferred', 'held', 'failed'] as const;
+export type StoredMessageState = (typeof STORED_MESSAGE_STATES)[number];
+
+/** The states of a message still to be delivered (the `state` label of `ses_relay_queue_messages`). */
+export const WAITING_MESSAGE_STATES = ['queued', 'sending', 'deferred', 'held'] as const;
+export type WaitingMessageState = (typeof WAITING_MESSAGE_STATES)[number];
+
+/** States the dispatcher leases from. */
+export const LEASABLE_MESSAGE_STATES = ['queued', 'deferred'] as const;
+
+/**
+ * Where one recipient is (the spool's `recipients.status`, the queue CLI's recipient counts): `queued`
+ * until an attempt, then `deferred` after a transient failure, or one of the final `delivered`, `failed`
+ * (5xx), `suppressed` (on the suppression list), `expired` (MAX_QUEUE_AGE passed).
+ */
+export const RECIPIENT_STATES = [
+  'queued',
+  'deferred',
+  'delivered',
+  'failed',
+  'suppressed',
+  'expired',
+] as const;
+export type RecipientState = (typeof RECIPIENT_STATES)[number];
+
+/** Outcome of one recipient in one attempt: every recipient state but `queued`. */
+export const RECIPIENT_STATUSES = ['delivered', 'deferred', 'failed', 'suppressed', 'expired'] as const;
+export type RecipientStatus = (typeof RECIPIENT_STATUSES)[number];
+
+/** Recipient states that end a recipient's delivery. */
+export const FINAL_RECIPIENT_STATUSES = ['delivered', 'failed', 'suppressed', 'expired'] as const;
+export type FinalRecipientStatus = (typeof FINAL_RECIPIENT_STATUSES)[number];
+
+/**
+ * Log events of a message's life: `message:accepted` (250 sent), one `message:<status>` line per
+ * recipient status an attempt reached, and `message:released` (back to the spool unsettled at shutdown).
+ */
+export const MESSAGE_EVENTS = [
+  'message:accepted',
+  ...RECIPIENT_STATUSES.map((s) => `message:${s}` as const),
+  'message:released',
+] as const;
+export type MessageEvent = (typeof MESSAGE_EVENTS)[number];
 
 /** How an upstream reply is classified. */
 export type ReplyClass = 'delivered' | 'throttled' | 'transient' | 'permanent';

@@ -51,3 +51,40 @@ test('kill -9 during a burst loses no acknowledged message', async () => {
   const duplicates = ses.messages.length - got.size;
   assert.ok(duplicates <= 20, `duplicate window is small (${duplicates} duplicates)`);
 });
+
+test('kill -9 between the transactions of one message re-sends none of those SES accepted', async (t) => {
+  const ses = await startFakeSes();
+  cleanups.push(() => ses.close());
+  const spoolDir = tempDir();
+  // SES_BURST=1: one recipient per upstream transaction, one transaction a second.
+  const env = { ...fakeSesEnv(ses.port), SES_RATE_LIMIT: '1', SES_BURST: '1' };
+  const relay = await startRelayProcess({ spoolDir, env });
+  cleanups.push(() => stopRelayProcess(relay));
+  const rcpts = Array.from({ length: 6 }, (_, i) => `chunk${i}@example.net`);
+  const [sent] = await sendMany(relay.smtpPort, 1, { prefix: 'chunks', recipients: () => rcpts });
+  assert.ok(sent.queueId, `accepted: ${sent.error?.message ?? ''}`);
+  await ses.waitFor(3, 15_000);
+  await new Promise((r) => setTimeout(r, 300)); // SES answered the third; the fourth is ~1 s away
+  relay.kill('SIGKILL');
+  assert.equal(await relay.exited, 'SIGKILL');
+  const beforeKill = ses.messages.length;
+
+  const again = await startRelayProcess({ spoolDir, env: { ...env, SES_RATE_LIMIT: '100', SES_BURST: '1' } });
+  cleanups.push(() => stopRelayProcess(again));
+  const delivered = () => new Set(ses.messages.flatMap((m) => m.recipients));
+  await ses.waitFor(() => rcpts.every((r) => delivered().has(r)), 15_000);
+  await again.waitForLog((l) => l.event === 'message:delivered');
+  const perRecipient = new Map<string, number>();
+  for (const r of ses.messages.flatMap((m) => m.recipients))
+    perRecipient.set(r, (perRecipient.get(r) ?? 0) + 1);
+  const total = [...perRecipient.values()].reduce((a, b) => a + b, 0);
+  t.diagnostic(
+    `6 recipients, 1 per transaction, killed after ${beforeKill} transactions: ${total} deliveries ` +
+      `(${total - 6} duplicates; before per-transaction recording: 9)`,
+  );
+  assert.deepEqual(
+    [...perRecipient.entries()].filter(([, n]) => n > 1),
+    [],
+    'no recipient of a transaction SES had answered before the kill was sent again',
+  );
+});

@@ -130,7 +130,7 @@ describe('Dispatcher (fake SES over STARTTLS, real spool)', () => {
     assert.equal(h.dispatcher.inFlight, 0);
     const c = h.spool.counts();
     assert.equal(c.pending, 3, 'the others stay queued');
-    assert.equal(c.leased, 0, 'nothing stays leased');
+    assert.equal(c.sending, 0, 'nothing stays leased');
     // Restart delivery: the rest goes out.
     h.ses.script(undefined);
     h.dispatcher.start();
@@ -148,7 +148,7 @@ describe('Dispatcher (fake SES over STARTTLS, real spool)', () => {
     const t0 = Date.now();
     await h.dispatcher.stop(200);
     assert.ok(Date.now() - t0 < 1000, 'stop respected its grace');
-    assert.equal(h.spool.counts().leased, 0);
+    assert.equal(h.spool.counts().sending, 0);
     assert.equal(h.spool.counts().pending, 1, 'the message is due again (at-least-once)');
   });
 });

@@ -121,12 +121,12 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
     try {
       assert.equal(inspector.mode, 'snapshot');
       const s = inspector.summary();
-      assert.equal(s.pendingMessages, 4);
-      assert.equal(s.pendingRecipients, 1 + 2 + 1 + 1);
-      assert.equal(s.deferredMessages, 2);
-      assert.equal(s.failedMessages, 1);
-      assert.deepEqual(s.recipientsByStatus, {
-        pending: 5,
+      assert.deepEqual(s.messages, { queued: 2, deferred: 2, held: 0, failed: 1 });
+      assert.equal(s.waitingMessages, 4);
+      assert.equal(s.waitingRecipients, 1 + 2 + 1 + 1);
+      assert.deepEqual(s.recipients, {
+        queued: 2,
+        deferred: 3,
         delivered: 2,
         failed: 1,
         suppressed: 0,
@@ -134,14 +134,23 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
       });
       assert.equal(s.bodiesInFiles, 1);
       assert.equal(s.bodyBytes, 4 * smallBody.length + largeBody.length);
-      assert.ok(s.oldestPendingAgeMs !== undefined && s.oldestPendingAgeMs >= 0);
+      assert.ok(s.oldestWaitingAgeMs !== undefined && s.oldestWaitingAgeMs >= 0);
 
-      const pending = inspector.list({ state: 'pending' });
+      const waiting = inspector.list();
       assert.deepEqual(
-        pending.map((e) => e.id),
+        waiting.map((e) => e.id),
         [ids.pending, ids.deferred, ids.partial, ids.large],
       );
-      assert.equal(inspector.list({ state: 'pending', limit: 2 }).length, 2);
+      assert.deepEqual(
+        waiting.map((e) => e.state),
+        ['queued', 'deferred', 'deferred', 'queued'],
+      );
+      assert.equal(inspector.list({ limit: 2 }).length, 2);
+      assert.deepEqual(
+        inspector.list({ state: 'queued' }).map((e) => e.id),
+        [ids.pending, ids.large],
+      );
+      assert.deepEqual(inspector.list({ state: 'held' }), []);
       const deferred = inspector.list({ state: 'deferred' });
       assert.deepEqual(
         deferred.map((e) => e.id),
@@ -150,12 +159,12 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
       const d = deferred[0];
       assert.equal(d.nextAttemptAt, retryDeferred);
       assert.equal(d.attempts, 1);
-      assert.equal(d.pendingRecipients, 2);
+      assert.equal(d.waitingRecipients, 2);
       assert.equal(d.lastCode, 454);
       assert.equal(d.lastReply, '454 Throttling failure');
       const partial = deferred[1];
       assert.equal(partial.recipients, 2);
-      assert.equal(partial.pendingRecipients, 1);
+      assert.equal(partial.waitingRecipients, 1);
       assert.equal(partial.lastReply, '451 4.4.2 timeout'); // the pending recipient's reply comes first
       const failed = inspector.list({ state: 'failed' });
       assert.equal(failed.length, 1);
@@ -166,14 +175,14 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
       assert.ok(failed[0].finishedAt !== undefined && failed[0].nextAttemptAt === undefined);
 
       const shown = inspector.show(ids.partial) as MessageDetail;
-      assert.equal(shown.state, 'pending');
+      assert.equal(shown.state, 'deferred');
       assert.deepEqual(shown.envelope, {
         mailFrom: 'c@sender.example',
         recipients: ['ok@example.com', 'later@example.com'],
       });
       assert.deepEqual(shown.recipients, [
         { recipient: 'ok@example.com', status: 'delivered', code: 250, reply: '250 Ok 0100abc' },
-        { recipient: 'later@example.com', status: 'pending', code: 451, reply: '451 4.4.2 timeout' },
+        { recipient: 'later@example.com', status: 'deferred', code: 451, reply: '451 4.4.2 timeout' },
       ]);
       assert.equal(shown.reception.authUser, 'app');
       assert.deepEqual(shown.body, { storage: 'inline' });
@@ -196,30 +205,36 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
 
     const summary = await runCli(dir, 'summary');
     assert.equal(summary.code, 0, summary.stderr);
-    assert.match(text(summary), /^pending: +4 messages, 5 recipients$/m);
+    assert.match(text(summary), /^queued: +2 messages/m);
     assert.match(text(summary), /^deferred: +2 messages/m);
+    assert.match(text(summary), /^held: +0 messages/m);
     assert.match(text(summary), /^failed: +1 messages/m);
+    assert.match(text(summary), /^waiting: +4 messages, 5 recipients$/m);
+    assert.match(
+      text(summary),
+      /^recipients: queued 2, deferred 3, delivered 2, failed 1, suppressed 0, expired 0$/m,
+    );
     const summaryJson = JSON.parse(text(await runCli(dir, 'summary', '--json'))) as {
-      failedMessages: number;
+      messages: { failed: number };
     };
-    assert.equal(summaryJson.failedMessages, 1);
+    assert.equal(summaryJson.messages.failed, 1);
 
     const list = await runCli(dir, 'list');
     assert.equal(list.code, 0, list.stderr);
     const lines = text(list).trimEnd().split('\n');
     assert.match(
       lines[0],
-      /^QUEUE-ID +AGE +RECEIVED +FROM +RCPT +PENDING +FAILED +TRIES +NEXT-ATTEMPT +LAST-REPLY$/,
+      /^QUEUE-ID +STATE +AGE +RECEIVED +FROM +RCPT +WAITING +FAILED +TRIES +NEXT-ATTEMPT +LAST-REPLY$/,
     );
     assert.equal(lines.length, 5);
-    assert.ok(lines[1].startsWith(ids.pending));
+    assert.match(lines[1], new RegExp(`^${ids.pending} +queued `));
     const deferredJson = JSON.parse(text(await runCli(dir, 'list', 'deferred', '--json'))) as QueueEntry[];
     assert.deepEqual(
       deferredJson.map((e) => e.id),
       [ids.deferred, ids.partial],
     );
     const limited = JSON.parse(
-      text(await runCli(dir, 'list', 'pending', '--limit', '1', '--json')),
+      text(await runCli(dir, 'list', 'queued', '--limit', '1', '--json')),
     ) as QueueEntry[];
     assert.equal(limited.length, 1);
     const failed = await runCli(dir, 'list', 'failed');
@@ -244,6 +259,9 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no message NOSUCHID0-00000000/);
     assert.equal((await runCli(dir, 'body', 'NOSUCHID0-00000000')).code, 1);
+    const pendingWord = await runCli(dir, 'list', 'pending');
+    assert.equal(pendingWord.code, 1, 'the old filter word is gone');
+    assert.match(pendingWord.stderr, /list takes queued, deferred, held, failed/);
     for (const bad of [[], ['frobnicate'], ['list', 'bogus'], ['list', '--limit', '0'], ['show']]) {
       const r = await runCli(dir, ...bad);
       assert.equal(r.code, 1, `usage error for ${bad.join(' ')}`);
@@ -268,20 +286,20 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
       const inspector = SpoolInspector.open(dir);
       try {
         assert.equal(inspector.mode, 'live');
-        assert.equal(inspector.summary().pendingMessages, counts.pending);
+        assert.equal(inspector.summary().waitingMessages, counts.pending);
         // A message committed by the relay while the inspector is open is visible to its next query.
         const id = await spool.store(
           { mailFrom: 'new@sender.example', recipients: ['n@example.com'] },
           Readable.from([smallBody]),
           reception,
         );
-        assert.equal(inspector.summary().pendingMessages, counts.pending + 1);
+        assert.equal(inspector.summary().waitingMessages, counts.pending + 1);
         assert.equal(inspector.show(id)?.envelope.mailFrom, 'new@sender.example');
 
         const cli = await runCli(dir, 'summary', '--json');
         assert.equal(cli.code, 0, cli.stderr);
         assert.equal(
-          (JSON.parse(text(cli)) as { pendingMessages: number }).pendingMessages,
+          (JSON.parse(text(cli)) as { waitingMessages: number }).waitingMessages,
           counts.pending + 1,
         );
         assert.equal((await runCli(dir, 'show', id)).code, 0);

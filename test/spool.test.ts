@@ -9,13 +9,7 @@ import Database from 'better-sqlite3';
 import { silentLogger } from '../src/observability/logger';
 import { SpoolWriteError } from '../src/spool/spool';
 import { isQueueId, newQueueId } from '../src/spool/queue-id';
-import {
-  LEASE_SQL,
-  NEXT_DUE_SQL,
-  OLDEST_SQL,
-  DEFERRED_COUNT_SQL,
-  SqliteSpool,
-} from '../src/spool/sqlite-spool';
+import { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, SqliteSpool } from '../src/spool/sqlite-spool';
 import type { Envelope } from '../src/types';
 
 const tempDirs: string[] = [];
@@ -186,8 +180,10 @@ describe('SqliteSpool', () => {
     assert.equal(rowCount(dir, 'recipients'), 0);
     assert.deepEqual(spool.counts(), {
       pending: 0,
+      queued: 0,
+      sending: 0,
       deferred: 0,
-      leased: 0,
+      held: 0,
       failed: 0,
       pendingRecipients: 0,
       oldestReceivedAt: undefined,
@@ -218,7 +214,7 @@ describe('SqliteSpool', () => {
     let counts = spool.counts();
     assert.equal(counts.pending, 1);
     assert.equal(counts.deferred, 1);
-    assert.equal(counts.leased, 0);
+    assert.equal(counts.sending, 0);
     assert.equal(counts.pendingRecipients, 2);
     assert.deepEqual(spool.lease(10), [], 'not due before retryAt');
     assert.equal(spool.nextDueAt(), retryAt);
@@ -340,7 +336,7 @@ describe('SqliteSpool', () => {
       { recipient: 'a@x.test', status: 'suppressed', reply: 'suppressed' },
       { recipient: 'b@x.test', status: 'suppressed', reply: 'suppressed' },
     ]);
-    assert.equal(state, 'suppressed');
+    assert.equal(state, 'delivered', 'finished and removed: every recipient delivered or suppressed');
     assert.equal(spool.counts().pending, 0);
     assert.equal(spool.counts().failed, 0);
   });
@@ -388,12 +384,12 @@ describe('SqliteSpool', () => {
     );
     assert.deepEqual(spool.lease(10), []);
     assert.equal(spool.nextDueAt(), undefined);
-    assert.equal(spool.counts().leased, 5);
+    assert.equal(spool.counts().sending, 5);
 
     spool.release(ids[0]);
     const later = Date.now() + 30_000;
     spool.release(ids[1], later);
-    assert.equal(spool.counts().leased, 3);
+    assert.equal(spool.counts().sending, 3);
     assert.deepEqual(
       spool.lease(10).map((m) => m.id),
       [ids[0]],
@@ -407,7 +403,7 @@ describe('SqliteSpool', () => {
     assert.equal(spool.lease(0).length, 0);
   });
 
-  test('counts track pending, deferred, leased, failed, recipients and oldest', async () => {
+  test('counts track messages by state (queued, sending, deferred, failed), recipients and oldest', async () => {
     const { spool } = await openSpool();
     const t0 = Date.now();
     const a = await spool.store(envelope('1@x.test', '2@x.test'), bodyStream(Buffer.from('a')), reception);
@@ -435,8 +431,10 @@ describe('SqliteSpool', () => {
       { ...counts, oldestReceivedAt: undefined },
       {
         pending: 2,
+        queued: 0,
+        sending: 1,
         deferred: 1,
-        leased: 1,
+        held: 0,
         failed: 1,
         pendingRecipients: 3,
         oldestReceivedAt: undefined,
@@ -471,7 +469,7 @@ describe('SqliteSpool', () => {
     const counts = second.counts();
     assert.equal(counts.pending, 2);
     assert.equal(counts.pendingRecipients, 2);
-    assert.equal(counts.leased, 0);
+    assert.equal(counts.sending, 0);
     const leased = second.lease(10, Date.now() + 2000);
     assert.deepEqual(
       leased.map((m) => m.id),
@@ -513,12 +511,15 @@ describe('SqliteSpool', () => {
     });
     assert.ok(stream.readableEnded, 'the rest of the body was drained, not left hanging');
     assert.equal(rowCount(dir, 'messages'), 0);
-    assert.equal(await spool.isWritable(), true, 'the spool directory itself is still writable');
+    assert.equal(spool.health().writable, false, 'a body that cannot be written makes the spool unwritable');
+    assert.equal(await spool.isWritable(), false, 'the probe writes where large bodies go');
     // Small bodies do not touch the body directory and still work.
     await spool.store(envelope(), bodyStream(Buffer.from('small')), reception);
     fs.rmSync(bodies);
     fs.mkdirSync(bodies);
     assert.equal(spool.counts().pending, 1);
+    assert.equal(await spool.isWritable(), true);
+    assert.equal(spool.health().writable, true);
   });
 
   test('a failing database write (disk full) rejects with SpoolWriteError and leaves nothing', async () => {
@@ -573,7 +574,7 @@ describe('SqliteSpool', () => {
         (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as Array<{ detail: string }>)
           .map((r) => r.detail)
           .join('; ');
-      for (const sql of [LEASE_SQL, DEFERRED_COUNT_SQL]) {
+      for (const sql of [LEASE_SQL]) {
         const detail = plan(sql, Date.now());
         assert.match(detail, /USING (COVERING )?INDEX messages_due/, detail);
         assert.doesNotMatch(detail, /TEMP B-TREE/, detail);
@@ -611,7 +612,7 @@ describe('SqliteSpool', () => {
       assert.equal(counts.pendingRecipients, total);
       const leased = spool.lease(100);
       assert.equal(leased.length, 100);
-      assert.equal(spool.counts().leased, 100);
+      assert.equal(spool.counts().sending, 100);
       assert.ok(spool.nextDueAt() !== undefined);
       await Promise.all(
         leased.map((m) => spool.settle(m.id, [{ recipient: m.envelope.recipients[0], status: 'delivered' }])),

@@ -2,21 +2,22 @@
  * Read-only queue inspection for operators (like Postfix's `mailq` and `postcat`):
  *
  *   node dist/cli/queue.js summary [--json]
- *   node dist/cli/queue.js list [pending|deferred|failed] [--limit N] [--json]
+ *   node dist/cli/queue.js list [queued|deferred|held|failed] [--limit N] [--json]
  *   node dist/cli/queue.js show QUEUE-ID [--json]
  *   node dist/cli/queue.js body QUEUE-ID          (the stored bytes, as accepted, on stdout)
  *
- * The spool directory is SPOOL_DIR (via loadConfig). It never writes to the spool, so it is safe to
+ * States are the relay's one vocabulary (src/types.ts): the same words as the spool, the log events and
+ * the `state` label of `ses_relay_queue_messages`. The spool directory is SPOOL_DIR (via loadConfig). It never writes to the spool, so it is safe to
  * run beside the relay. Exit codes: 0 ok, 1 usage error or no such message, 2 spool unreadable or
  * configuration error.
  */
 import { once } from 'node:events';
 import ms from 'ms';
 import { ConfigError, loadConfig } from '../config';
+import { STORED_MESSAGE_STATES, type StoredMessageState } from '../types';
 import {
   SpoolInspector,
   SpoolUnreadableError,
-  type InspectState,
   type MessageDetail,
   type QueueEntry,
   type SpoolSummary,
@@ -29,16 +30,19 @@ export interface QueueCliIo {
   now?: number;
 }
 
+const STATE_LIST = STORED_MESSAGE_STATES.join('|');
+
 const USAGE = `usage: queue <command> [--json]
-  summary                                    counts: pending, deferred, failed, oldest, recipients by status
-  list [pending|deferred|failed] [--limit N] messages in that state (default pending, limit 100)
-  show QUEUE-ID                              envelope, recipients with status and last reply, attempts
-  body QUEUE-ID                              the stored message bytes on stdout
+  summary                           messages by state (${STORED_MESSAGE_STATES.join(', ')}), oldest, recipients by state
+  list [${STATE_LIST}] [--limit N]  messages in that state (default: every message still to be delivered)
+  show QUEUE-ID                     envelope, recipients with state and last reply, attempts
+  body QUEUE-ID                     the stored message bytes on stdout
 reads the spool in SPOOL_DIR without writing; exit 0 ok, 1 usage or not found, 2 spool unreadable`;
 
 class UsageError extends Error {}
 
-const STATES: InspectState[] = ['pending', 'deferred', 'failed'];
+const isState = (value: string): value is StoredMessageState =>
+  (STORED_MESSAGE_STATES as readonly string[]).includes(value);
 
 interface Parsed {
   command: string;
@@ -97,31 +101,41 @@ function withCode(code: number | undefined, reply: string): string {
   return code === undefined || reply.startsWith(String(code)) ? reply : `${code} ${reply}`;
 }
 
+const STATE_NOTES: Record<StoredMessageState, string> = {
+  queued: 'waiting for an attempt',
+  deferred: 'waiting for a retry',
+  held: 'held by an operator',
+  failed: 'kept for inspection',
+};
+
 function formatSummary(s: SpoolSummary): string[] {
-  const r = s.recipientsByStatus;
+  const r = s.recipients;
   return [
-    `pending:   ${s.pendingMessages} messages, ${s.pendingRecipients} recipients`,
-    `deferred:  ${s.deferredMessages} messages (waiting for a retry)`,
-    `failed:    ${s.failedMessages} messages (kept for inspection)`,
-    `oldest:    ${s.oldestPendingAgeMs === undefined ? '-' : `${age(s.oldestPendingAgeMs)} (${time(s.oldestPendingReceivedAt)})`}`,
+    ...STORED_MESSAGE_STATES.map(
+      (state) => `${`${state}:`.padEnd(11)}${s.messages[state]} messages (${STATE_NOTES[state]})`,
+    ),
+    `waiting:   ${s.waitingMessages} messages, ${s.waitingRecipients} recipients`,
+    `oldest:    ${s.oldestWaitingAgeMs === undefined ? '-' : `${age(s.oldestWaitingAgeMs)} (${time(s.oldestWaitingReceivedAt)})`}`,
     `next due:  ${time(s.nextAttemptAt)}`,
-    `recipients: pending ${r.pending}, delivered ${r.delivered}, failed ${r.failed}, ` +
-      `suppressed ${r.suppressed}, expired ${r.expired}`,
+    `recipients: ${Object.entries(r)
+      .map(([state, n]) => `${state} ${n}`)
+      .join(', ')}`,
     `bodies:    ${s.bodyBytes} bytes (${s.bodiesInFiles} in files)`,
   ];
 }
 
-function formatList(entries: QueueEntry[], state: InspectState, now: number): string[] {
-  if (entries.length === 0) return [`no ${state} messages`];
-  const header = ['QUEUE-ID', 'AGE', 'RECEIVED', 'FROM', 'RCPT', 'PENDING', 'FAILED', 'TRIES'];
+function formatList(entries: QueueEntry[], state: StoredMessageState | undefined, now: number): string[] {
+  if (entries.length === 0) return [state ? `no ${state} messages` : 'no messages waiting'];
+  const header = ['QUEUE-ID', 'STATE', 'AGE', 'RECEIVED', 'FROM', 'RCPT', 'WAITING', 'FAILED', 'TRIES'];
   header.push(state === 'failed' ? 'FINISHED' : 'NEXT-ATTEMPT', 'LAST-REPLY');
   const rows = entries.map((e) => [
     e.id,
+    e.state,
     age(now - e.receivedAt),
     time(e.receivedAt),
     e.mailFrom === '' ? '<>' : e.mailFrom,
     String(e.recipients),
-    String(e.pendingRecipients),
+    String(e.waitingRecipients),
     String(e.failedRecipients),
     String(e.attempts),
     time(state === 'failed' ? e.finishedAt : e.nextAttemptAt),
@@ -141,7 +155,7 @@ function formatShow(m: MessageDetail): string[] {
     `size:        ${m.size} bytes (${m.body.storage === 'file' ? `file ${m.body.path}` : 'inline'})`,
     `attempts:    ${m.attempts}`,
   ];
-  if (m.state === 'pending') lines.push(`next:        ${time(m.nextAttemptAt)}`);
+  if (m.nextAttemptAt !== undefined) lines.push(`next:        ${time(m.nextAttemptAt)}`);
   if (m.finishedAt !== undefined) lines.push(`finished:    ${time(m.finishedAt)}`);
   lines.push('recipients:');
   const rows = m.recipients.map((r) => [
@@ -183,12 +197,11 @@ export async function runQueueCli(args: string[], io: QueueCliIo): Promise<numbe
     if ((parsed.command === 'show' || parsed.command === 'body') && parsed.positional.length !== 1) {
       throw new UsageError(`${parsed.command} needs a QUEUE-ID`);
     }
-    if (
-      parsed.command === 'list' &&
-      parsed.positional[0] &&
-      !STATES.includes(parsed.positional[0] as InspectState)
-    ) {
-      throw new UsageError(`list takes pending, deferred or failed, not "${parsed.positional[0]}"`);
+    const filter = parsed.positional[0];
+    if (parsed.command === 'list' && filter !== undefined && !isState(filter)) {
+      throw new UsageError(
+        `list takes ${STORED_MESSAGE_STATES.join(', ')} (or nothing: every message still to be delivered), not "${filter}"`,
+      );
     }
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
@@ -220,8 +233,8 @@ export async function runQueueCli(args: string[], io: QueueCliIo): Promise<numbe
         return 0;
       }
       case 'list': {
-        const state = (parsed.positional[0] ?? 'pending') as InspectState;
-        const entries = inspector.list({ state, limit: parsed.limit ?? 100, now });
+        const state = parsed.positional[0] as StoredMessageState | undefined;
+        const entries = inspector.list({ state, limit: parsed.limit ?? 100 });
         write(io.stdout, parsed.json ? [JSON.stringify(entries)] : formatList(entries, state, now));
         return 0;
       }

@@ -1,11 +1,12 @@
 /**
- * What a delivery attempt reports: the delivery metrics and one JSON log line per status a message
- * reached (`message:delivered`, `message:deferred`, `message:failed`, `message:suppressed`,
- * `message:expired`) with queueId, recipients, upstream code and reply, attempts and latency.
+ * What a delivery attempt reports: the delivery metrics and one JSON log line per recipient status the
+ * attempt reached — `message:<status>` for each of RECIPIENT_STATUSES (src/types.ts): `message:delivered`,
+ * `message:deferred`, `message:failed`, `message:suppressed`, `message:expired` — with queueId,
+ * recipients, upstream code and reply, attempts and latency. Written once the outcomes are durable.
  */
 import type { Logger } from '../observability/logger';
 import type { QueuedMessage } from '../spool/spool';
-import type { DeferralReason, RecipientOutcome } from '../types';
+import type { DeferralReason, MessageEvent, RecipientOutcome, RecipientStatus } from '../types';
 import {
   messagesDeferred,
   messagesDelivered,
@@ -43,8 +44,8 @@ export function reportAttempt(a: AttemptReport): void {
   const { logger, message: m, outcomes: all, deferrals, retryAt, countAttempt } = a;
   const latencyMs = a.now - m.reception.receivedAt;
   const attempts = m.attempts + (countAttempt ? 1 : 0);
-  const by = (status: RecipientOutcome['status']) => all.filter((o) => o.status === status);
-  const line = (event: string, list: RecipientOutcome[], extra: Record<string, unknown> = {}) => {
+  const by = (status: RecipientStatus) => all.filter((o) => o.status === status);
+  const line = (event: MessageEvent, list: RecipientOutcome[], extra: Record<string, unknown> = {}) => {
     const first = list[0];
     return {
       event,

@@ -12,13 +12,23 @@
  * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
  *   little jitter); SES throttling (454), an unreachable policy or limiter, and shutdown defer without
  *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires.
+ * - Outcomes are durable per SMTP transaction: a message sent in several transactions (more than
+ *   min(50, burst) recipients) records each one's final outcomes (`spool.record`) as soon as SES answered
+ *   it, and settles the rest after the last, so a crash re-sends at most the transaction in flight.
+ * - A spool that cannot be written pauses delivery (outcome-writer.ts): an outcome that could not be
+ *   written is kept in memory and its write retried with backoff, the message stays leased (never sent
+ *   again because of the write error), nothing is leased or sent meanwhile, and delivery resumes by
+ *   itself when a write (a retry or a probe) succeeds.
  * - stop(grace): stop leasing, abort limiter waits, let in-flight SMTP transactions finish within grace,
  *   release the rest to the spool (due again at once, or after a restart).
  */
 import type { EgressConfig } from '../config';
 import type { Logger } from '../observability/logger';
-import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
+import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
+import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
+import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
+import { SendSlots } from './send-slots';
 import type { DeferralReason, RecipientOutcome } from '../types';
 import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
 import type { RecipientResult, Transport } from './transport';
@@ -47,6 +57,8 @@ export interface DispatcherOptions {
   unavailableRetryMs?: number;
   /** Longest sleep between spool polls when nothing is due (default 5 s). */
   maxSleepMs?: number;
+  /** Backoff while the spool cannot be written: first and longest delay (default 250 ms .. 10 s). */
+  spoolRetryMs?: [number, number];
 }
 
 interface Task {
@@ -56,20 +68,31 @@ interface Task {
   abandoned: boolean;
   /** An SMTP transaction of this message is in progress. */
   sending: boolean;
+  /** Recipients SES accepted whose outcome is not yet durable (said in the log if abandoned). */
+  unrecordedDelivered: number;
+}
+
+/** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */
+interface Attempt {
+  recorded: RecipientOutcome[];
+  outcomes: RecipientOutcome[];
+  deferrals: Deferral[];
+  /** An SMTP transaction was attempted. */
+  attempted: boolean;
 }
 
 export class Dispatcher {
   private readonly spool: Spool;
   private readonly transport: Transport;
   private readonly limiter: RecipientLimiter;
-  private readonly policy: RecipientPolicy;
+  readonly policy: RecipientPolicy;
   private readonly config: DispatcherOptions['config'];
-  private readonly logger: Logger;
+  readonly logger: Logger;
   private readonly now: () => number;
-  private readonly failOpen: boolean;
+  readonly failOpen: boolean;
   private readonly chunkSize: number;
   private readonly maxInFlight: number;
-  private readonly throttleRetryMs: [number, number];
+  private readonly retryPolicy: RetryPolicy;
   private readonly unavailableRetryMs: number;
   private readonly maxSleepMs: number;
 
@@ -80,11 +103,11 @@ export class Dispatcher {
   private woken = false;
   private abort = new AbortController();
   private idleWaiters: Array<() => void> = [];
-  /** Free SMTP transaction slots (one per pooled connection) and who waits for one. */
-  private sendSlotsFree: number;
-  private readonly slotWaiters: Array<() => void> = [];
+  /** SMTP transaction slots, one per pooled connection. */
+  private readonly slots: SendSlots;
   /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
   private readonly upstreamWindow: SendWindow;
+  private readonly writer: OutcomeWriter;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
@@ -100,14 +123,29 @@ export class Dispatcher {
       Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
     );
     this.maxInFlight = Math.max(1, options.config.poolSize * 2);
-    this.sendSlotsFree = Math.max(1, options.config.poolSize);
-    this.throttleRetryMs = options.throttleRetryMs ?? [1000, 5000];
+    this.slots = new SendSlots(options.config.poolSize);
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
+    this.retryPolicy = {
+      retryScheduleMs: options.config.retryScheduleMs,
+      throttleRetryMs: options.throttleRetryMs ?? [1000, 5000],
+      unavailableRetryMs: this.unavailableRetryMs,
+    };
     this.maxSleepMs = options.maxSleepMs ?? 5000;
     const burst = Math.max(1, Math.floor(options.burst));
     this.upstreamWindow =
       this.limiter.sendWindow?.() ??
       new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
+    this.writer = new OutcomeWriter(
+      this.spool,
+      this.logger,
+      options.spoolRetryMs ?? DEFAULT_SPOOL_RETRY_MS,
+      () => this.wake(),
+    );
+  }
+
+  /** Delivery is paused because the spool cannot be written (for /readyz). */
+  get paused(): boolean {
+    return this.writer.blocked();
   }
 
   start(): void {
@@ -152,8 +190,23 @@ export class Dispatcher {
   }
 
   private async loop(): Promise<void> {
+    let pauseMs = this.writer.retryMs[0];
     while (this.running) {
       this.woken = false;
+      if (this.writer.blocked()) {
+        // The spool cannot be written: lease nothing. Retries of unwritten outcomes probe by themselves;
+        // otherwise probe here, with backoff, until a write works.
+        await this.sleepUntilWoken(pauseMs);
+        if (!this.running) break;
+        if (this.writer.retryingWrites === 0) await this.writer.probe();
+        else if (this.spool.health().writable) this.writer.wakeAll(); // another write worked: retry now
+        pauseMs = Math.min(pauseMs * 2, this.writer.retryMs[1]);
+        continue;
+      }
+      if (pauseMs !== this.writer.retryMs[0]) {
+        pauseMs = this.writer.retryMs[0];
+        this.writer.wakeAll(); // the spool recovered on its own (a store committed): release the gates
+      }
       const room = this.maxInFlight - this.tasks.size;
       let leased: QueuedMessage[] = [];
       if (room > 0) {
@@ -205,7 +258,13 @@ export class Dispatcher {
   }
 
   private begin(message: QueuedMessage): void {
-    const task: Task = { message, promise: Promise.resolve(), abandoned: false, sending: false };
+    const task: Task = {
+      message,
+      promise: Promise.resolve(),
+      abandoned: false,
+      sending: false,
+      unrecordedDelivered: 0,
+    };
     this.tasks.set(message.id, task);
     task.promise = this.deliver(task)
       .catch((err) => {
@@ -239,132 +298,101 @@ export class Dispatcher {
         status: 'expired',
         reply,
       }));
-      await this.settle(task, outcomes, []);
+      await this.settle(task, { recorded: [], outcomes, deferrals: [], attempted: false });
       return;
     }
-
-    // Policy: who may we send to?
-    let allowed: string[];
-    const outcomes: RecipientOutcome[] = [];
-    const deferrals: Deferral[] = [];
-    try {
-      const decision = await this.policy.check(recipients);
-      allowed = decision.allowed;
-      for (const s of decision.suppressed) {
-        outcomes.push({
-          recipient: s.recipient,
-          status: 'suppressed',
-          reply: `suppressed: ${s.matched} is on the suppression list${s.reason ? ` (${s.reason})` : ''}`,
-        });
-      }
-    } catch (err) {
-      if (!this.failOpen) {
-        const reply = `policy unavailable: ${(err as Error).message}`;
-        if (!(err instanceof PolicyUnavailableError))
-          this.logger.error({ err, queueId: m.id }, 'policy check failed');
-        for (const recipient of recipients) {
-          deferrals.push({
-            outcome: { recipient, status: 'deferred', reply },
-            reason: 'policy-unavailable',
-            counted: false,
-          });
-        }
-        await this.settle(task, [], deferrals);
-        return;
-      }
-      this.logger.warn(
-        { event: 'policy:fail-open', queueId: m.id, err: (err as Error).message },
-        'suppression list unavailable: sending anyway (BLOCKLIST_FAIL_OPEN)',
-      );
-      allowed = [...recipients];
+    const attempt: Attempt = { recorded: [], outcomes: [], deferrals: [], attempted: false };
+    const allowed = await consultPolicy(this, m, attempt);
+    if (allowed === undefined) {
+      await this.settle(task, attempt);
+      return;
     }
-
-    let attempted = false;
     for (let i = 0; i < allowed.length; i += this.chunkSize) {
       const chunk = allowed.slice(i, i + this.chunkSize);
-      if (!this.running) {
-        if (!attempted && outcomes.length === 0) {
-          this.spool.release(m.id);
-          return;
-        }
-        for (const recipient of allowed.slice(i)) {
-          deferrals.push({
-            outcome: { recipient, status: 'deferred', reply: 'relay shutting down' },
-            reason: 'shutdown',
-            counted: false,
-          });
-        }
-        break;
-      }
-      let slot = false;
-      let ticket: SendTicket | undefined;
-      try {
-        // A connection slot first, then the tokens: tokens are never spent on a transaction that
-        // would then queue inside the pool waiting for a connection (and reach SES in a bunch).
-        await this.acquireSendSlot(this.abort.signal);
-        slot = true;
-        await this.limiter.acquire(chunk.length, this.abort.signal);
-        ticket = await this.upstreamWindow.admit(chunk.length, this.abort.signal);
-      } catch (err) {
-        if (slot) this.releaseSendSlot();
-        if (task.abandoned) return;
-        const shutdown = !this.running;
-        if (shutdown && !attempted && outcomes.length === 0) {
-          this.spool.release(m.id);
-          return;
-        }
-        const reason: DeferralReason = shutdown ? 'shutdown' : 'limiter-unavailable';
-        const reply = shutdown
-          ? 'relay shutting down'
-          : `rate limiter unavailable: ${(err as Error).message}`;
-        if (!shutdown && !(err instanceof LimiterUnavailableError)) {
-          this.logger.error({ err, queueId: m.id }, 'limiter refused a transaction');
-        }
-        for (const recipient of allowed.slice(i)) {
-          deferrals.push({ outcome: { recipient, status: 'deferred', reply }, reason, counted: false });
-        }
-        break;
-      }
-      attempted = true;
+      const go = await this.beforeTransaction(task, attempt, allowed.slice(i));
+      if (go === 'released' || task.abandoned) return;
+      if (go === 'stop') break;
+      attempt.attempted = true;
       let results: RecipientResult[];
       try {
         results = await this.sendTransaction(task, chunk);
       } finally {
-        this.upstreamWindow.done(ticket!);
-        this.releaseSendSlot();
+        this.upstreamWindow.done(go);
+        this.slots.release();
       }
       if (task.abandoned) return;
-      this.classify(results, outcomes, deferrals);
+      classifyResults(results, attempt.outcomes, attempt.deferrals);
+      const more = i + this.chunkSize < allowed.length;
+      if (more && attempt.outcomes.length > 0) {
+        // Make this transaction's outcomes durable before the next one: a crash from here on re-sends
+        // only the transaction in flight, never this one.
+        const batch = attempt.outcomes.splice(0);
+        task.unrecordedDelivered = batch.filter((o) => o.status === 'delivered').length;
+        await this.writer.persist(
+          m.id,
+          () => this.spool.record(m.id, batch),
+          () => task.abandoned,
+        );
+        if (task.abandoned) return;
+        task.unrecordedDelivered = 0;
+        attempt.recorded.push(...batch);
+      }
     }
-    await this.settle(task, outcomes, deferrals);
+    await this.settle(task, attempt);
   }
 
-  /** Wait for one of the poolSize send slots (SMTP transactions in progress). */
-  private acquireSendSlot(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(new Error('dispatcher stopping'));
-    if (this.sendSlotsFree > 0) {
-      this.sendSlotsFree--;
-      return Promise.resolve();
+  /**
+   * Wait until one transaction of `rest[0..chunk]` may go: the spool writable, a connection slot, the
+   * limiter's tokens and room in the upstream window. Returns the window ticket; or `stop` when the rest
+   * was deferred (shutdown, limiter unavailable); or `released` when nothing happened yet and the
+   * message went back to the spool untouched.
+   */
+  private async beforeTransaction(
+    task: Task,
+    attempt: Attempt,
+    rest: string[],
+  ): Promise<SendTicket | 'stop' | 'released'> {
+    const m = task.message;
+    const size = Math.min(this.chunkSize, rest.length);
+    const untouched = () => !attempt.attempted && attempt.outcomes.length === 0;
+    const deferRest = (reason: DeferralReason, reply: string): 'stop' => {
+      for (const recipient of rest) {
+        attempt.deferrals.push({ outcome: { recipient, status: 'deferred', reply }, reason, counted: false });
+      }
+      return 'stop';
+    };
+    if (!this.running) {
+      if (untouched()) {
+        this.spool.release(m.id);
+        return 'released';
+      }
+      return deferRest('shutdown', 'relay shutting down');
     }
-    return new Promise<void>((resolve, reject) => {
-      const waiter = () => {
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        const i = this.slotWaiters.indexOf(waiter);
-        if (i >= 0) this.slotWaiters.splice(i, 1);
-        reject(new Error('dispatcher stopping'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.slotWaiters.push(waiter);
-    });
-  }
-
-  private releaseSendSlot(): void {
-    const next = this.slotWaiters.shift();
-    if (next) next();
-    else this.sendSlotsFree++;
+    let slot = false;
+    try {
+      // Nothing goes out while an outcome cannot be written. Then a connection slot, then the tokens:
+      // tokens are never spent on a transaction that would then queue inside the pool waiting for a
+      // connection (and reach SES in a bunch).
+      await this.writer.whenUnblocked(this.abort.signal);
+      await this.slots.acquire(this.abort.signal);
+      slot = true;
+      await this.writer.whenUnblocked(this.abort.signal); // again: the wait for a slot may have been long
+      await this.limiter.acquire(size, this.abort.signal);
+      return await this.upstreamWindow.admit(size, this.abort.signal);
+    } catch (err) {
+      if (slot) this.slots.release();
+      if (task.abandoned) return 'released';
+      const shutdown = !this.running;
+      if (shutdown && untouched()) {
+        this.spool.release(m.id);
+        return 'released';
+      }
+      if (shutdown) return deferRest('shutdown', 'relay shutting down');
+      if (!(err instanceof LimiterUnavailableError)) {
+        this.logger.error({ err, queueId: m.id }, 'limiter refused a transaction');
+      }
+      return deferRest('limiter-unavailable', `rate limiter unavailable: ${(err as Error).message}`);
+    }
   }
 
   private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
@@ -401,65 +429,32 @@ export class Dispatcher {
     return results;
   }
 
-  private classify(results: RecipientResult[], outcomes: RecipientOutcome[], deferrals: Deferral[]): void {
-    for (const r of results) {
-      const base = { recipient: r.recipient, reply: r.reply, code: r.code };
-      switch (r.class) {
-        case 'delivered':
-          outcomes.push({ ...base, status: 'delivered' });
-          break;
-        case 'permanent':
-          outcomes.push({ ...base, status: 'failed' });
-          break;
-        case 'throttled':
-          deferrals.push({
-            outcome: { ...base, status: 'deferred' },
-            reason: 'throttled-by-ses',
-            counted: false,
-          });
-          break;
-        case 'transient':
-          deferrals.push({
-            outcome: { ...base, status: 'deferred' },
-            reason: r.code === 0 ? 'network' : 'upstream-transient',
-            counted: true,
-          });
-          break;
-      }
-    }
-  }
-
-  private retryDelay(attempts: number, deferrals: Deferral[]): { delay: number; counted: boolean } {
-    if (deferrals.some((d) => d.counted)) {
-      const s = this.config.retryScheduleMs;
-      const base = s[Math.min(attempts, s.length - 1)] ?? 60_000;
-      return { delay: base + Math.random() * Math.min(base * 0.1, 5000), counted: true };
-    }
-    if (deferrals.some((d) => d.reason === 'throttled-by-ses')) {
-      const [lo, hi] = this.throttleRetryMs;
-      return { delay: lo + Math.random() * Math.max(0, hi - lo), counted: false };
-    }
-    if (deferrals.every((d) => d.reason === 'shutdown')) return { delay: 0, counted: false };
-    return { delay: this.unavailableRetryMs, counted: false };
-  }
-
-  private async settle(task: Task, outcomes: RecipientOutcome[], deferrals: Deferral[]): Promise<void> {
+  /** End the attempt: write what is not yet durable (retrying while the spool refuses), then report. */
+  private async settle(task: Task, attempt: Attempt): Promise<void> {
     if (task.abandoned) return;
     const m = task.message;
-    const all = [...outcomes, ...deferrals.map((d) => d.outcome)];
+    const { outcomes, deferrals } = attempt;
+    const rest = [...outcomes, ...deferrals.map((d) => d.outcome)];
     let retryAt: number | undefined;
     let countAttempt = true;
     if (deferrals.length) {
-      const { delay, counted } = this.retryDelay(m.attempts, deferrals);
+      const { delay, counted } = retryDelay(this.retryPolicy, m.attempts, deferrals);
       retryAt = this.now() + delay;
       countAttempt = counted;
     }
-    await this.spool.settle(m.id, all, { retryAt, countAttempt });
+    task.unrecordedDelivered = outcomes.filter((o) => o.status === 'delivered').length;
+    const state = await this.writer.persist(
+      m.id,
+      () => this.spool.settle(m.id, rest, { retryAt, countAttempt }),
+      () => task.abandoned,
+    );
+    if (state === undefined) return; // abandoned at shutdown: stop() logged it
+    task.unrecordedDelivered = 0;
     reportAttempt({
       logger: this.logger,
       upstream: this.transport.name,
       message: m,
-      outcomes: all,
+      outcomes: [...attempt.recorded, ...rest],
       deferrals,
       retryAt,
       countAttempt,
@@ -488,15 +483,21 @@ export class Dispatcher {
       ]);
       clearTimeout(timer);
       if (timedOut) {
+        for (const t of this.tasks.values()) t.abandoned = true;
+        this.writer.wakeAll();
         for (const t of this.tasks.values()) {
-          t.abandoned = true;
           try {
             this.spool.release(t.message.id);
           } catch {
             /* spool already closed */
           }
           this.logger.warn(
-            { event: 'message:released', queueId: t.message.id, sending: t.sending },
+            {
+              event: 'message:released',
+              queueId: t.message.id,
+              sending: t.sending,
+              unrecordedDelivered: t.unrecordedDelivered,
+            },
             'shutdown grace exceeded: message released to the spool (it may be sent again: at-least-once)',
           );
         }

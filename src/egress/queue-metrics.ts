@@ -1,10 +1,13 @@
 /**
  * Queue depth gauges, computed from `spool.counts()` when Prometheus scrapes (no timers).
  * `registerQueueMetrics(spool)` points them at the spool in use and returns a function that detaches it.
+ * `ses_relay_queue_messages{state}` uses the states of src/types.ts (queued, sending, deferred, held);
+ * summed over `state` it is every message still to be delivered.
  */
 import { Gauge } from 'prom-client';
 import { METRIC_PREFIX, registry } from '../observability/metrics';
 import type { Spool, SpoolCounts } from '../spool/spool';
+import { WAITING_MESSAGE_STATES } from '../types';
 
 let current: Spool | undefined;
 
@@ -18,11 +21,12 @@ function counts(): SpoolCounts | undefined {
 
 const queueMessages = new Gauge({
   name: `${METRIC_PREFIX}queue_messages`,
-  help: 'Messages in the spool with recipients still to deliver (queued, leased or deferred)',
+  help: 'Messages still to be delivered, by state (queued, sending, deferred, held); sum for the backlog',
+  labelNames: ['state'] as const,
   registers: [registry],
   collect() {
     const c = counts();
-    this.set(c ? c.pending : 0);
+    for (const state of WAITING_MESSAGE_STATES) this.set({ state }, c ? c[state] : 0);
   },
 });
 

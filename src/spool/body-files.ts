@@ -5,6 +5,7 @@
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { isQueueId } from './queue-id';
 import type { Readable } from 'node:stream';
 
 export interface ReadBody {
@@ -92,4 +93,38 @@ export async function fsyncDir(dir: string, strict = false): Promise<void> {
 
 export async function removeQuietly(file: string): Promise<void> {
   await fsp.rm(file, { force: true }).catch(() => undefined);
+}
+
+/** Write `bytes` zeros to a fresh file in `dir`, fsync it and remove it; throws what the disk said. */
+export async function probeDirectory(dir: string, bytes: number): Promise<void> {
+  const probe = path.join(dir, `.probe-${process.pid}-${Date.now().toString(36)}`);
+  let file: fsp.FileHandle | undefined;
+  try {
+    file = await fsp.open(probe, 'w');
+    await writeAll(file, Buffer.alloc(bytes));
+    await file.sync();
+  } finally {
+    if (file) await file.close().catch(() => undefined);
+    await removeQuietly(probe);
+  }
+}
+
+/**
+ * Remove `.tmp` leftovers, probe files and `.eml` files whose row never committed (a crash before the
+ * COMMIT); returns how many. `hasRow(id)` tells whether the database has message `id`.
+ */
+export async function removeOrphanBodies(
+  bodiesDir: string,
+  hasRow: (id: string) => boolean,
+): Promise<number> {
+  let removed = 0;
+  for (const name of await fsp.readdir(bodiesDir)) {
+    const match = /^(.*)\.(tmp|eml)$/.exec(name);
+    if (!match && !name.startsWith('.probe-')) continue;
+    if (match && match[2] === 'eml' && isQueueId(match[1]) && hasRow(match[1])) continue;
+    await removeQuietly(path.join(bodiesDir, name));
+    removed += 1;
+  }
+  if (removed > 0) await fsyncDir(bodiesDir);
+  return removed;
 }

@@ -1,8 +1,15 @@
 /**
  * Group commit for the SQLite spool: write operations are queued and flushed as ONE transaction, so
  * many concurrent SMTP sessions share a single WAL fsync. Everything queued while a commit runs goes
- * into the next one. Each operation runs in its own SAVEPOINT (one bad operation fails alone); a
- * failed COMMIT fails the whole batch. A promise resolves only after the COMMIT that holds it returned.
+ * into the next one. Durability rules:
+ * - A promise resolves only after the COMMIT that holds its operation returned (WAL fsynced,
+ *   `synchronous=FULL`), and an operation's `onCommit` bookkeeping runs only then.
+ * - Each operation runs in its own SAVEPOINT (one bad operation fails alone); a failed BEGIN or COMMIT
+ *   fails the whole batch, and a failed fsync of the body directory fails every operation that needed it.
+ * - A failure the storage caused (disk full, I/O error, read-only) rejects with SpoolWriteError and marks
+ *   the spool unwritable (write-health.ts); a batch that commits without one marks it writable again.
+ *   Other errors (the operation's own checks) reject as they are and say nothing about the disk.
+ * - A rejected operation left nothing in the database; `onAbort` undoes what it did outside (a body file).
  */
 import { performance } from 'node:perf_hooks';
 import type Database from 'better-sqlite3';
@@ -10,6 +17,7 @@ import type { Logger } from '../observability/logger';
 import { fsyncDir } from './body-files';
 import { spoolCommitBatchSize, spoolCommitSeconds } from './spool-metrics';
 import { SpoolWriteError } from './spool';
+import { asWriteError, isStorageError, type WriteHealth } from './write-health';
 
 /** What an operation did inside the transaction; `onCommit` runs only once it is durable. */
 export interface OpResult<T> {
@@ -58,6 +66,7 @@ export class GroupCommitter {
     private readonly db: Database.Database,
     private readonly bodiesDir: string,
     private readonly logger: Logger,
+    private readonly health: WriteHealth,
   ) {
     // A transaction function called inside another transaction becomes a SAVEPOINT.
     this.inSavepoint = db.transaction((fn: () => OpResult<unknown>) => fn());
@@ -150,6 +159,7 @@ export class GroupCommitter {
       } catch (err) {
         const failing = ops.filter((op) => op.syncBodiesDir);
         ops = ops.filter((op) => !op.syncBodiesDir);
+        this.health.failed(err);
         await abort(failing, new SpoolWriteError('could not fsync the spool body directory', err));
       }
     }
@@ -163,6 +173,7 @@ export class GroupCommitter {
       results = this.runBatch(ops);
     } catch (err) {
       this.logger.error({ err, batch: ops.length }, 'spool commit failed');
+      this.health.failed(err);
       await abort(ops, new SpoolWriteError('spool commit failed', err));
       return;
     }
@@ -185,7 +196,10 @@ export class GroupCommitter {
       }
       op.resolve(applied.result.value);
     });
-    for (const [op, error] of failed) await abort([op], error);
+    const storage = failed.find(([, error]) => isStorageError(error));
+    if (storage) this.health.failed(storage[1]);
+    else this.health.succeeded();
+    for (const [op, error] of failed) await abort([op], asWriteError(error, 'spool write failed'));
   }
 }
 

@@ -11,23 +11,35 @@
  *   WAL-mode database would create them, and when the inspector runs as another user (root via
  *   `docker exec -u 0`) the relay could no longer open them. So the checkpointed database file is read
  *   into memory instead and queried there (its header is switched to rollback mode in the copy only).
+ *
+ * States and recipient states are the words of src/types.ts (MESSAGE_STATES, RECIPIENT_STATES). A spool
+ * written by an older relay (schema version 0) is migrated in the in-memory copy; read live, it is refused
+ * with a clear error until the relay of this version has opened (and migrated) it once.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
-import type { Envelope, MessageId, Reception } from '../types';
+import {
+  RECIPIENT_STATES,
+  STORED_MESSAGE_STATES,
+  type Envelope,
+  type MessageId,
+  type Reception,
+  type RecipientState,
+  type StoredMessageState,
+} from '../types';
 import { bodyFilePath } from './body-files';
 import {
-  DEFERRED_COUNT_SQL,
+  migrateSchema,
   OLDEST_SQL,
   parseReception,
+  schemaVersion,
+  SCHEMA_VERSION,
+  STATE_COUNTS_SQL,
   type MessageRow,
   type RecipientRow,
 } from './spool-schema';
-
-export type InspectState = 'pending' | 'deferred' | 'failed';
-export type StoredRecipientStatus = RecipientRow['status'];
 
 /** The spool database is missing or cannot be read. */
 export class SpoolUnreadableError extends Error {
@@ -43,19 +55,17 @@ export class SpoolUnreadableError extends Error {
 export interface SpoolSummary {
   /** When the summary was taken (ms since epoch). */
   at: number;
-  /** Messages with pending recipients (includes deferred ones, as SpoolCounts.pending). */
-  pendingMessages: number;
-  pendingRecipients: number;
-  /** Pending messages waiting for a retry time in the future. */
-  deferredMessages: number;
-  /** Messages kept as permanently failed. */
-  failedMessages: number;
-  oldestPendingReceivedAt?: number;
-  oldestPendingAgeMs?: number;
-  /** Earliest next attempt among pending messages. */
+  /** Messages in the spool by state (a message being sent shows its stored state: queued or deferred). */
+  messages: Record<StoredMessageState, number>;
+  /** Messages still to be delivered (queued + deferred + held) and their waiting recipients. */
+  waitingMessages: number;
+  waitingRecipients: number;
+  oldestWaitingReceivedAt?: number;
+  oldestWaitingAgeMs?: number;
+  /** Earliest next attempt among queued and deferred messages. */
   nextAttemptAt?: number;
-  /** Recipients of the messages still in the spool, by status. */
-  recipientsByStatus: Record<StoredRecipientStatus, number>;
+  /** Recipients of the messages still in the spool, by state. */
+  recipients: Record<RecipientState, number>;
   /** Body bytes of the messages still in the spool, and how many bodies are files. */
   bodyBytes: number;
   bodiesInFiles: number;
@@ -63,15 +73,16 @@ export interface SpoolSummary {
 
 export interface QueueEntry {
   id: MessageId;
-  state: 'pending' | 'failed';
+  state: StoredMessageState;
   receivedAt: number;
   mailFrom: string;
   recipients: number;
-  pendingRecipients: number;
+  /** Recipients still queued or deferred. */
+  waitingRecipients: number;
   /** Recipients failed or expired. */
   failedRecipients: number;
   attempts: number;
-  /** Next attempt (pending messages only). */
+  /** Next attempt (messages still to be delivered only). */
   nextAttemptAt?: number;
   finishedAt?: number;
   size: number;
@@ -82,14 +93,14 @@ export interface QueueEntry {
 
 export interface RecipientDetail {
   recipient: string;
-  status: StoredRecipientStatus;
+  status: RecipientState;
   code?: number;
   reply?: string;
 }
 
 export interface MessageDetail {
   id: MessageId;
-  state: 'pending' | 'failed';
+  state: StoredMessageState;
   envelope: Envelope;
   reception: Reception;
   receivedAt: number;
@@ -103,31 +114,28 @@ export interface MessageDetail {
 }
 
 export interface ListOptions {
-  /** pending: all messages with pending recipients, oldest first; deferred: those waiting for a retry,
-   * next due first; failed: permanently failed ones, most recent first. Default pending. */
-  state?: InspectState;
+  /** Only messages in this state: queued and held oldest first, deferred next due first, failed most
+   * recent first. Default: every message still to be delivered (queued, deferred, held), oldest first. */
+  state?: StoredMessageState;
   /** Default 100. */
   limit?: number;
-  now?: number;
 }
-
-const STATUSES: StoredRecipientStatus[] = ['pending', 'delivered', 'failed', 'suppressed', 'expired'];
 
 const ENTRY_COLUMNS = `m.*,
   (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) AS recipient_count,
   (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.status IN ('failed', 'expired'))
     AS failed_count,
   (SELECT r.reply FROM recipients r WHERE r.message_id = m.id AND r.reply IS NOT NULL
-    ORDER BY r.status = 'pending' DESC, r.position LIMIT 1) AS last_reply,
+    ORDER BY r.status IN ('queued', 'deferred') DESC, r.position LIMIT 1) AS last_reply,
   (SELECT r.code FROM recipients r WHERE r.message_id = m.id AND r.reply IS NOT NULL
-    ORDER BY r.status = 'pending' DESC, r.position LIMIT 1) AS last_code`;
+    ORDER BY r.status IN ('queued', 'deferred') DESC, r.position LIMIT 1) AS last_code`;
 
-const LIST_SQL: Record<InspectState, string> = {
-  pending: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'pending' AND ? IS NOT NULL
-    ORDER BY received_at, id LIMIT ?`,
-  deferred: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'pending' AND due_at > ?
-    ORDER BY due_at, id LIMIT ?`,
-  failed: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'failed' AND ? IS NOT NULL
+const LIST_SQL: Record<StoredMessageState | 'waiting', string> = {
+  waiting: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state <> 'failed' ORDER BY received_at, id LIMIT ?`,
+  queued: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'queued' ORDER BY received_at, id LIMIT ?`,
+  deferred: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'deferred' ORDER BY due_at, id LIMIT ?`,
+  held: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'held' ORDER BY received_at, id LIMIT ?`,
+  failed: `SELECT ${ENTRY_COLUMNS} FROM messages m WHERE state = 'failed'
     ORDER BY finished_at DESC, id LIMIT ?`,
 };
 
@@ -165,13 +173,22 @@ export class SpoolInspector {
         db = new Database(dbPath, { readonly: true, fileMustExist: true });
         db.pragma('busy_timeout = 5000');
         db.prepare('SELECT count(*) FROM messages').get();
+        const version = schemaVersion(db);
+        if (version !== SCHEMA_VERSION) {
+          throw new Error(
+            `the running relay uses spool schema version ${version}, this inspector reads ${SCHEMA_VERSION}: ` +
+              'run the inspector of the relay version in use',
+          );
+        }
         return new SpoolInspector(resolved, db, 'live');
       }
       const copy = fs.readFileSync(dbPath);
       // Bytes 18/19 = 2 mark WAL mode, which an in-memory database cannot use; 1 is rollback mode.
       if (copy.length >= 100 && copy[18] === 2 && copy[19] === 2) copy[18] = copy[19] = 1;
-      db = new Database(copy, { readonly: true });
+      // The copy lives in memory only: migrating an older spool there changes nothing on disk.
+      db = new Database(copy);
       db.prepare('SELECT count(*) FROM messages').get();
+      migrateSchema(db);
       return new SpoolInspector(resolved, db, 'snapshot');
     } catch (err) {
       db?.close();
@@ -181,58 +198,60 @@ export class SpoolInspector {
   }
 
   summary(now: number = Date.now()): SpoolSummary {
-    const pending = this.db
-      .prepare(
-        `SELECT count(*) AS messages, coalesce(sum(pending_recipients), 0) AS recipients, min(due_at) AS next
-           FROM messages WHERE state = 'pending'`,
-      )
-      .get() as { messages: number; recipients: number; next: number | null };
-    const failed = this.db
-      .prepare(`SELECT count(*) FROM messages WHERE state = 'failed'`)
+    const messages = Object.fromEntries(STORED_MESSAGE_STATES.map((st) => [st, 0])) as Record<
+      StoredMessageState,
+      number
+    >;
+    let waitingRecipients = 0;
+    for (const row of this.db.prepare(STATE_COUNTS_SQL).all() as Array<{
+      state: StoredMessageState;
+      messages: number;
+      recipients: number;
+    }>) {
+      messages[row.state] = row.messages;
+      if (row.state !== 'failed') waitingRecipients += row.recipients;
+    }
+    const next = this.db
+      .prepare(`SELECT min(due_at) FROM messages WHERE state IN ('queued', 'deferred')`)
       .pluck()
-      .get() as number;
-    const deferred = this.db.prepare(DEFERRED_COUNT_SQL).pluck().get(now) as number;
+      .get() as number | null;
     const oldest = this.db.prepare(OLDEST_SQL).pluck().get() as number | null;
     const bodies = this.db
       .prepare(
         `SELECT coalesce(sum(size), 0) AS bytes, coalesce(sum(body_in_file), 0) AS files FROM messages`,
       )
       .get() as { bytes: number; files: number };
-    const recipientsByStatus = Object.fromEntries(STATUSES.map((s) => [s, 0])) as Record<
-      StoredRecipientStatus,
+    const recipients = Object.fromEntries(RECIPIENT_STATES.map((st) => [st, 0])) as Record<
+      RecipientState,
       number
     >;
     const byStatus = this.db
       .prepare(`SELECT status, count(*) AS n FROM recipients GROUP BY status`)
-      .all() as Array<{
-      status: StoredRecipientStatus;
-      n: number;
-    }>;
-    for (const row of byStatus) recipientsByStatus[row.status] = row.n;
+      .all() as Array<{ status: RecipientState; n: number }>;
+    for (const row of byStatus) recipients[row.status] = row.n;
     const summary: SpoolSummary = {
       at: now,
-      pendingMessages: pending.messages,
-      pendingRecipients: pending.recipients,
-      deferredMessages: deferred,
-      failedMessages: failed,
-      recipientsByStatus,
+      messages,
+      waitingMessages: messages.queued + messages.deferred + messages.held,
+      waitingRecipients,
+      recipients,
       bodyBytes: bodies.bytes,
       bodiesInFiles: bodies.files,
     };
     if (oldest !== null) {
-      summary.oldestPendingReceivedAt = oldest;
-      summary.oldestPendingAgeMs = Math.max(0, now - oldest);
+      summary.oldestWaitingReceivedAt = oldest;
+      summary.oldestWaitingAgeMs = Math.max(0, now - oldest);
     }
-    if (pending.next !== null) summary.nextAttemptAt = pending.next;
+    if (next !== null) summary.nextAttemptAt = next;
     return summary;
   }
 
   list(options: ListOptions = {}): QueueEntry[] {
-    const state = options.state ?? 'pending';
+    const state = options.state ?? 'waiting';
     const limit = options.limit ?? 100;
-    if (!LIST_SQL[state]) throw new TypeError(`unknown queue state "${String(state)}"`);
+    if (!Object.hasOwn(LIST_SQL, state)) throw new TypeError(`unknown message state "${String(state)}"`);
     if (!Number.isInteger(limit) || limit <= 0) throw new TypeError('limit must be a whole number > 0');
-    const rows = this.db.prepare(LIST_SQL[state]).all(options.now ?? Date.now(), limit) as EntryRow[];
+    const rows = this.db.prepare(LIST_SQL[state]).all(limit) as EntryRow[];
     return rows.map((row) => {
       const entry: QueueEntry = {
         id: row.id,
@@ -240,12 +259,12 @@ export class SpoolInspector {
         receivedAt: row.received_at,
         mailFrom: row.mail_from,
         recipients: row.recipient_count,
-        pendingRecipients: row.state === 'pending' ? row.pending_recipients : 0,
+        waitingRecipients: row.state === 'failed' ? 0 : row.pending_recipients,
         failedRecipients: row.failed_count,
         attempts: row.attempts,
         size: row.size,
       };
-      if (row.state === 'pending') entry.nextAttemptAt = row.due_at;
+      if (row.state !== 'failed') entry.nextAttemptAt = row.due_at;
       if (row.finished_at !== null) entry.finishedAt = row.finished_at;
       if (row.last_reply !== null) entry.lastReply = row.last_reply;
       if (row.last_code !== null) entry.lastCode = row.last_code;
@@ -278,7 +297,7 @@ export class SpoolInspector {
         return recipient;
       }),
     };
-    if (row.state === 'pending') detail.nextAttemptAt = row.due_at;
+    if (row.state !== 'failed') detail.nextAttemptAt = row.due_at;
     if (row.finished_at !== null) detail.finishedAt = row.finished_at;
     return detail;
   }

@@ -2,7 +2,7 @@
  * Spool metrics: how the group commit behaves. Queue depth gauges are exported elsewhere from
  * `Spool.counts()`; these describe the write path only.
  */
-import { Counter, Histogram } from 'prom-client';
+import { Counter, Gauge, Histogram } from 'prom-client';
 import { METRIC_PREFIX, registry } from '../observability/metrics';
 
 export const spoolCommitBatchSize = new Histogram({
@@ -23,5 +23,17 @@ export const spoolWriteErrors = new Counter({
   name: `${METRIC_PREFIX}spool_write_errors_total`,
   help: 'Spool writes that failed (body stream error, file system error or SQLite error), by stage.',
   labelNames: ['stage'] as const,
+  registers: [registry],
+});
+
+export const spoolWritable = new Gauge({
+  name: `${METRIC_PREFIX}spool_writable`,
+  help: 'Whether the last spool write reached the disk (1) or failed (0: disk full, I/O error, read-only); delivery pauses at 0.',
+  registers: [registry],
+});
+
+export const spoolSettleRetries = new Counter({
+  name: `${METRIC_PREFIX}spool_settle_retries_total`,
+  help: 'Delivery outcomes whose write to the spool failed and was retried (the message stays out of circulation meanwhile; nothing is sent again).',
   registers: [registry],
 });

@@ -1,53 +1,154 @@
 /**
- * The spool's SQLite schema and prepared statements. One row per message (state `pending` or
- * `failed`), one row per recipient with its last outcome, and inline bodies in their own table so
- * that scans over messages never touch body pages. Partial indexes keep `lease`, `nextDueAt` and the
- * `counts` queries indexed however large the backlog gets.
+ * The spool's SQLite schema, its migrations and prepared statements. One row per message (its state is
+ * one of STORED_MESSAGE_STATES), one row per recipient with its state and last reply, and inline bodies
+ * in their own table so that scans over messages never touch body pages. Partial indexes keep `lease`,
+ * `nextDueAt` and the oldest-message query indexed however large the backlog gets.
+ *
+ * Versions (`PRAGMA user_version`): 0 = the first release (message states `pending`/`failed`, recipient
+ * `pending` for queued and deferred alike); 1 = the shared vocabulary of src/types.ts, enforced by CHECK
+ * constraints. `migrateSchema` upgrades a spool in place, in one transaction, keeping every message.
  */
 import type Database from 'better-sqlite3';
-import type { Reception, RecipientOutcome } from '../types';
+import {
+  LEASABLE_MESSAGE_STATES,
+  RECIPIENT_STATES,
+  STORED_MESSAGE_STATES,
+  type Reception,
+  type RecipientState,
+  type StoredMessageState,
+} from '../types';
 
-export const SCHEMA = `
-CREATE TABLE IF NOT EXISTS messages (
+export const SCHEMA_VERSION = 1;
+
+const list = (values: readonly string[]) => values.map((v) => `'${v}'`).join(', ');
+/** `state IN ('queued', 'deferred')`: the predicate of the partial indexes, repeated verbatim by queries. */
+const LEASABLE = `state IN (${list(LEASABLE_MESSAGE_STATES)})`;
+/** Messages still to be delivered (every stored state but failed). */
+const WAITING = `state <> 'failed'`;
+
+const MESSAGES_TABLE = (name: string) => `CREATE TABLE ${name} (
   id TEXT PRIMARY KEY,
   mail_from TEXT NOT NULL,
   reception TEXT NOT NULL,
   received_at INTEGER NOT NULL,
   size INTEGER NOT NULL,
   body_in_file INTEGER NOT NULL,
-  state TEXT NOT NULL CHECK (state IN ('pending', 'failed')),
+  state TEXT NOT NULL CHECK (state IN (${list(STORED_MESSAGE_STATES)})),
   due_at INTEGER NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0,
   pending_recipients INTEGER NOT NULL,
   finished_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (due_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at) WHERE state = 'failed';
-CREATE TABLE IF NOT EXISTS recipients (
+)`;
+
+const RECIPIENTS_TABLE = (name: string) => `CREATE TABLE ${name} (
   message_id TEXT NOT NULL,
   position INTEGER NOT NULL,
   recipient TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'suppressed', 'expired')),
+  status TEXT NOT NULL CHECK (status IN (${list(RECIPIENT_STATES)})),
   reply TEXT,
   code INTEGER,
   PRIMARY KEY (message_id, position)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bodies (
-  id TEXT PRIMARY KEY,
-  data BLOB NOT NULL
-);
+) WITHOUT ROWID`;
+
+const INDEXES = `
+CREATE INDEX messages_due ON messages (due_at) WHERE ${LEASABLE};
+CREATE INDEX messages_received ON messages (received_at) WHERE ${WAITING};
+CREATE INDEX messages_finished ON messages (finished_at) WHERE state = 'failed';
 `;
 
-/** Due, pending messages in due order (uses the partial index `messages_due`). */
-export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at
-  FROM messages WHERE state = 'pending' AND due_at <= ? ORDER BY due_at`;
-/** Pending messages in due order, for nextDueAt (same index). */
-export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE state = 'pending' ORDER BY due_at`;
-/** Pending messages waiting for a future retry time (range scan of `messages_due`). */
-export const DEFERRED_COUNT_SQL = `SELECT count(*) FROM messages WHERE state = 'pending' AND due_at > ?`;
-/** Oldest pending message (min of the partial index `messages_received`). */
-export const OLDEST_SQL = `SELECT min(received_at) FROM messages WHERE state = 'pending'`;
+const CURRENT_SCHEMA = `
+${MESSAGES_TABLE('messages')};
+${RECIPIENTS_TABLE('recipients')};
+CREATE TABLE bodies (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+${INDEXES}
+PRAGMA user_version = ${SCHEMA_VERSION};
+`;
+
+/**
+ * Version 0 -> 1: rebuild `messages` and `recipients` under the new CHECK constraints (SQLite cannot alter
+ * a CHECK; this is its documented table-rebuild procedure). A pending recipient with a stored reply had an
+ * attempt deferred, one without had none; a pending message is `deferred` when one of its recipients is.
+ */
+const MIGRATE_0_TO_1 = `
+${MESSAGES_TABLE('messages_v1')};
+INSERT INTO messages_v1 (id, mail_from, reception, received_at, size, body_in_file, state, due_at, attempts,
+                         pending_recipients, finished_at)
+  SELECT id, mail_from, reception, received_at, size, body_in_file,
+         CASE WHEN state = 'failed' THEN 'failed'
+              WHEN EXISTS (SELECT 1 FROM recipients r
+                            WHERE r.message_id = m.id AND r.status = 'pending' AND r.reply IS NOT NULL)
+                THEN 'deferred'
+              ELSE 'queued' END,
+         due_at, attempts, pending_recipients, finished_at
+    FROM messages m;
+${RECIPIENTS_TABLE('recipients_v1')};
+INSERT INTO recipients_v1 (message_id, position, recipient, status, reply, code)
+  SELECT message_id, position, recipient,
+         CASE WHEN status <> 'pending' THEN status WHEN reply IS NULL THEN 'queued' ELSE 'deferred' END,
+         reply, code
+    FROM recipients;
+DROP TABLE recipients;
+DROP TABLE messages;
+ALTER TABLE messages_v1 RENAME TO messages;
+ALTER TABLE recipients_v1 RENAME TO recipients;
+CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+${INDEXES}
+PRAGMA user_version = 1;
+`;
+
+/** The spool was written by a newer version of the relay: refuse rather than misread it. */
+export class SpoolSchemaError extends Error {
+  override name = 'SpoolSchemaError';
+}
+
+/** The schema version of an open database (0 for the first release and for an empty file). */
+export function schemaVersion(db: Database.Database): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/**
+ * Create the schema in an empty database or bring an older one up to SCHEMA_VERSION, in one transaction.
+ * Returns the version found (for the log line).
+ */
+export function migrateSchema(db: Database.Database): number {
+  const found = schemaVersion(db);
+  if (found > SCHEMA_VERSION) {
+    throw new SpoolSchemaError(
+      `spool schema version ${found} was written by a newer ses-email-service (this one reads up to ${SCHEMA_VERSION})`,
+    );
+  }
+  if (found === SCHEMA_VERSION) return found;
+  const hasMessages = db
+    .prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'`)
+    .pluck()
+    .get() as number;
+  db.transaction(() => db.exec(hasMessages ? MIGRATE_0_TO_1 : CURRENT_SCHEMA)).immediate();
+  return found;
+}
+
+/**
+ * The relay's connection settings — WAL with `synchronous=FULL` (a COMMIT returns after the WAL's
+ * fsync), a bounded WAL, a busy timeout for the inspector's readers — then migrateSchema.
+ */
+export function configureAndMigrate(db: Database.Database): number {
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('journal_size_limit = 67108864');
+  db.pragma('busy_timeout = 5000');
+  return migrateSchema(db);
+}
+
+/** Leasable messages in due order (uses the partial index `messages_due`). */
+export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at, state
+  FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
+/** Leasable messages in due order, for nextDueAt (same index). */
+export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE ${LEASABLE} ORDER BY due_at`;
+/** Oldest message still to be delivered (min of the partial index `messages_received`). */
+export const OLDEST_SQL = `SELECT min(received_at) FROM messages WHERE ${WAITING}`;
+/** Messages and waiting recipients by stored state. */
+export const STATE_COUNTS_SQL = `SELECT state, count(*) AS messages, coalesce(sum(pending_recipients), 0) AS recipients
+  FROM messages GROUP BY state`;
 
 export interface MessageRow {
   id: string;
@@ -56,31 +157,39 @@ export interface MessageRow {
   received_at: number;
   size: number;
   body_in_file: number;
-  state: 'pending' | 'failed';
+  state: StoredMessageState;
   due_at: number;
   attempts: number;
   pending_recipients: number;
   finished_at: number | null;
 }
 
+export interface StateCountRow {
+  state: StoredMessageState;
+  messages: number;
+  recipients: number;
+}
+
 export interface RecipientRow {
   recipient: string;
-  status: 'pending' | RecipientOutcome['status'];
+  status: RecipientState;
   reply: string | null;
   code: number | null;
 }
 
 export type SpoolStatements = ReturnType<typeof prepareStatements>;
 
+const WAITING_RECIPIENT = `status IN ('queued', 'deferred')`;
+
 export function prepareStatements(db: Database.Database) {
   return {
     insertMessage: db.prepare(
       `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at,
                              attempts, pending_recipients)
-       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?)`,
+       VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?)`,
     ),
     insertRecipient: db.prepare(
-      `INSERT INTO recipients (message_id, position, recipient, status) VALUES (?, ?, ?, 'pending')`,
+      `INSERT INTO recipients (message_id, position, recipient, status) VALUES (?, ?, ?, 'queued')`,
     ),
     insertBody: db.prepare(`INSERT INTO bodies (id, data) VALUES (?, ?)`),
     message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
@@ -88,30 +197,31 @@ export function prepareStatements(db: Database.Database) {
     body: db.prepare(`SELECT data FROM bodies WHERE id = ?`),
     due: db.prepare(LEASE_SQL),
     nextDue: db.prepare(NEXT_DUE_SQL),
-    deferredCount: db.prepare(DEFERRED_COUNT_SQL),
     oldest: db.prepare(OLDEST_SQL),
+    stateCounts: db.prepare(STATE_COUNTS_SQL),
     pendingRecipients: db.prepare(
-      `SELECT recipient FROM recipients WHERE message_id = ? AND status = 'pending' ORDER BY position`,
+      `SELECT recipient FROM recipients WHERE message_id = ? AND ${WAITING_RECIPIENT} ORDER BY position`,
     ),
     recipients: db.prepare(
       `SELECT recipient, status, reply, code FROM recipients WHERE message_id = ? ORDER BY position`,
     ),
     recipientStatuses: db.prepare(`SELECT status FROM recipients WHERE message_id = ?`),
     countPendingRecipients: db.prepare(
-      `SELECT count(*) FROM recipients WHERE message_id = ? AND status = 'pending'`,
+      `SELECT count(*) FROM recipients WHERE message_id = ? AND ${WAITING_RECIPIENT}`,
     ),
-    noteRecipientReply: db.prepare(
-      `UPDATE recipients SET reply = ?, code = ?
-        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
+    deferRecipient: db.prepare(
+      `UPDATE recipients SET status = 'deferred', reply = ?, code = ?
+        WHERE message_id = ? AND recipient = ? AND ${WAITING_RECIPIENT}`,
     ),
     finishRecipient: db.prepare(
       `UPDATE recipients SET status = ?, reply = ?, code = ?
-        WHERE message_id = ? AND recipient = ? AND status = 'pending'`,
+        WHERE message_id = ? AND recipient = ? AND ${WAITING_RECIPIENT}`,
     ),
     reschedule: db.prepare(
-      `UPDATE messages SET due_at = ?, attempts = ?, pending_recipients = ? WHERE id = ?`,
+      `UPDATE messages SET state = ?, due_at = ?, attempts = ?, pending_recipients = ? WHERE id = ?`,
     ),
-    setDue: db.prepare(`UPDATE messages SET due_at = ? WHERE id = ? AND state = 'pending'`),
+    setPendingRecipients: db.prepare(`UPDATE messages SET pending_recipients = ? WHERE id = ?`),
+    setDue: db.prepare(`UPDATE messages SET due_at = ? WHERE id = ? AND ${LEASABLE}`),
     markFailed: db.prepare(
       `UPDATE messages SET state = 'failed', finished_at = ?, attempts = ?, pending_recipients = 0
         WHERE id = ?`,
@@ -120,6 +230,7 @@ export function prepareStatements(db: Database.Database) {
     expiredFailed: db.prepare(
       `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
     ),
+    probe: db.prepare(`INSERT OR REPLACE INTO spool_meta (key, value) VALUES ('write-probe', ?)`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
     deleteBody: db.prepare(`DELETE FROM bodies WHERE id = ?`),
     deleteMessage: db.prepare(`DELETE FROM messages WHERE id = ?`),

@@ -2,16 +2,27 @@
  * The spool: durable storage of accepted messages, behind a small interface so the delivery stage
  * never touches the storage engine (KumoMTA's spool trait, BullMQ's backend interface).
  *
- * Contract:
+ * Contract (the durability rules; sqlite-spool.ts and group-commit.ts implement them):
  * - `store` resolves only once the envelope and body are durable (fsync). Many concurrent stores may
  *   share one fsync (group commit). On failure it rejects with SpoolWriteError and nothing half-written
  *   survives.
- * - `lease` hands out due messages at most once until they are settled or released; leases live only in
- *   memory, so after a crash every unfinished message is due again (at-least-once delivery).
- * - `settle` records per-recipient outcomes of one attempt. Recipients that are delivered, failed,
- *   suppressed or expired leave the pending set; deferred ones stay pending until `retryAt`.
- *   A message with no pending recipients is finished: removed when nothing failed, otherwise kept in
- *   state `failed` (with reasons) for inspection until the retention time passes.
+ * - `lease` hands out due messages (state `queued` or `deferred`) at most once until they are settled or
+ *   released; leases live only in memory, so after a crash every unfinished message is due again
+ *   (at-least-once delivery).
+ * - `record` makes final outcomes (delivered, failed, suppressed, expired) of some recipients durable
+ *   while the attempt goes on and the lease stays: a message sent in several SMTP transactions records
+ *   each transaction as soon as SES answered it, so a crash re-sends at most the transaction in flight.
+ * - `settle` records the outcomes of the rest of the attempt and ends the lease. Recipients that are
+ *   delivered, failed, suppressed or expired leave the waiting set; deferred ones wait until `retryAt`.
+ *   A message with no waiting recipients is finished: removed (`delivered`) when nothing failed,
+ *   otherwise kept in state `failed` (with reasons) for inspection until the retention time passes.
+ * - A `record` or `settle` that cannot be made durable rejects with SpoolWriteError and KEEPS the lease:
+ *   the message stays out of circulation (it is never leased again by this process) until the same
+ *   call, retried, succeeds, or the lease is released. Retrying is safe: outcomes already written are
+ *   not applied twice. So a write error never makes a message go out again; only a crash does, and
+ *   then only what was not yet recorded.
+ * - `health()` says whether the last write (store, record, settle or probe) reached the disk;
+ *   `isWritable()` probes with a real durable write.
  */
 import type { Readable } from 'node:stream';
 import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
@@ -47,17 +58,28 @@ export interface SettleOptions {
 }
 
 export interface SpoolCounts {
-  /** Messages with pending recipients (queued, leased or deferred). */
+  /** Messages still to be delivered: queued + sending + deferred + held. */
   pending: number;
-  /** Of those, waiting for a retry time in the future. */
+  /** By state (src/types.ts); a leased message counts as `sending`, not as its stored state. */
+  queued: number;
+  sending: number;
   deferred: number;
-  leased: number;
+  held: number;
   /** Messages kept as permanently failed. */
   failed: number;
-  /** Pending recipients across all pending messages. */
+  /** Recipients still to be delivered (queued or deferred) across those messages. */
   pendingRecipients: number;
   /** receivedAt of the oldest pending message, or undefined when the queue is empty. */
   oldestReceivedAt?: number;
+}
+
+export interface SpoolHealth {
+  /** False after a write failed (disk full, I/O error, read-only file system) until one succeeds. */
+  writable: boolean;
+  /** Since when (ms since epoch). */
+  since: number;
+  /** The failing write's error, while not writable. */
+  error?: string;
 }
 
 export interface FailedMessage {
@@ -77,14 +99,24 @@ export interface Spool {
   nextDueAt(): number | undefined;
   /** The message body as a stream (exactly the bytes accepted). */
   openBody(id: MessageId): Readable;
-  /** Record outcomes of one attempt and end the lease. Resolves once durable. */
+  /** Make final outcomes of some recipients durable; the lease stays. Resolves once durable. */
+  record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void>;
+  /**
+   * Record the outcomes of the rest of one attempt and end the lease. Resolves once durable with where
+   * the message is now: `queued`, `deferred`, `failed` or `delivered`.
+   */
   settle(id: MessageId, outcomes: RecipientOutcome[], options?: SettleOptions): Promise<MessageState>;
-  /** End a lease without an outcome (shutdown); the message is due again at `dueAt` (default now). */
+  /**
+   * End a lease without an outcome; the message is due again at `dueAt` (default now). The due time holds
+   * in memory even when it cannot be written.
+   */
   release(id: MessageId, dueAt?: number): void;
   counts(): SpoolCounts;
   /** Permanently failed messages kept for inspection. */
   listFailed(limit?: number): FailedMessage[];
-  /** True when a probe write+fsync succeeds (for /readyz). */
+  /** Whether the last write reached the disk (no I/O: for the dispatcher's every turn and the metric). */
+  health(): SpoolHealth;
+  /** True when a probe write+fsync succeeds (for /readyz and to resume delivery); updates health(). */
   isWritable(): Promise<boolean>;
   /** Flush pending writes and close files. */
   close(): Promise<void>;

@@ -6,17 +6,19 @@
  *   transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite gives
  *   atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
  *   backlog costs disk, not memory: the process keeps only the leases and a few counters.
- * - Group commit: every write (store, settle, prune) is queued and the queue is flushed as ONE
- *   transaction — everything that arrives while a commit runs goes into the next one, so concurrent
- *   sessions share a single WAL fsync. Each op runs in its own SAVEPOINT, so one bad op fails alone;
- *   a failed COMMIT fails the whole batch (and removes its body files). Every promise resolves only
- *   after its COMMIT returned.
+ * - One process per spool: `<dir>/spool.lock` is held with flock for as long as the spool is open
+ *   (spool-lock.ts); a second relay on the same SPOOL_DIR refuses to start.
+ * - Group commit (group-commit.ts): every write (store, record, settle, prune, probe) is queued and the
+ *   queue is flushed as ONE transaction — everything that arrives while a commit runs goes into the next
+ *   one, so concurrent sessions share a single WAL fsync. Every promise resolves only after its COMMIT.
  * - Bodies up to `inlineBodyMaxBytes` (256 KiB) are kept in memory and inserted as a BLOB in the same
  *   transaction. Larger ones are streamed to `bodies/<id>.tmp` as they arrive (never buffered whole),
  *   fsynced, renamed to `<id>.eml`; the directory is fsynced once per batch before the COMMIT that
  *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
  *   no row, which `open()` removes (as it removes `.tmp` leftovers).
- * - Leases live in memory: after a restart every unfinished message is due again (at-least-once).
+ * - Leases live in memory: after a restart every unfinished message is due again (at-least-once). A
+ *   record or settle whose write fails keeps its lease (and the message out of circulation) until it is
+ *   retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when it cannot write it.
  * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
  *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
  */
@@ -27,19 +29,47 @@ import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import type { Logger } from '../observability/logger';
 import { silentLogger } from '../observability/logger';
-import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
-import { bodyFilePath, fsyncDir, readBody, removeQuietly, writeAll, type ReadBody } from './body-files';
-import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
-import { isQueueId, newQueueId } from './queue-id';
+import type {
+  Envelope,
+  MessageId,
+  MessageState,
+  Reception,
+  RecipientOutcome,
+  StoredMessageState,
+} from '../types';
 import {
-  SCHEMA,
+  bodyFilePath,
+  fsyncDir,
+  probeDirectory,
+  readBody,
+  removeOrphanBodies,
+  removeQuietly,
+  type ReadBody,
+} from './body-files';
+import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
+import { newQueueId } from './queue-id';
+import {
+  configureAndMigrate,
   parseReception,
   prepareStatements,
+  SCHEMA_VERSION,
+  SpoolSchemaError,
   type MessageRow,
   type RecipientRow,
   type SpoolStatements,
+  type StateCountRow,
 } from './spool-schema';
+import {
+  applyOutcomes,
+  deleteMessage,
+  failedMessageOf,
+  finishAttempt,
+  insertMessage,
+} from './spool-outcomes';
+import { LeaseTable } from './spool-leases';
+import { lockSpool, type SpoolLock } from './spool-lock';
 import { spoolWriteErrors } from './spool-metrics';
+import { isStorageError, WriteHealth } from './write-health';
 import {
   SpoolWriteError,
   type FailedMessage,
@@ -47,10 +77,11 @@ import {
   type SettleOptions,
   type Spool,
   type SpoolCounts,
+  type SpoolHealth,
 } from './spool';
 
 export interface SqliteSpoolOptions {
-  /** Spool directory; created if missing. Holds `spool.db` and `bodies/`. */
+  /** Spool directory; created if missing. Holds `spool.db`, `spool.lock` and `bodies/`. */
   dir: string;
   /** How long permanently failed messages are kept for inspection (default 7 days). */
   failedRetentionMs?: number;
@@ -60,46 +91,52 @@ export interface SqliteSpoolOptions {
 }
 
 export type { CommitStats } from './group-commit';
-export { DEFERRED_COUNT_SQL, LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL } from './spool-schema';
+export { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, STATE_COUNTS_SQL } from './spool-schema';
 
 const DEFAULT_INLINE_MAX = 256 * 1024;
 const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
 const PRUNE_INTERVAL = 3600_000;
 const PRUNE_CHUNK = 1000;
+/** Bytes the write probe writes and fsyncs in the body directory: about what a small message needs. */
+const PROBE_BYTES = 64 * 1024;
+
+type StateCounts = Record<StoredMessageState, number>;
 
 export class SqliteSpool implements Spool {
-  private readonly leases = new Set<MessageId>();
+  private readonly leases = new LeaseTable();
   private readonly storesInFlight = new Set<Promise<unknown>>();
   private closed = false;
   private closing?: Promise<void>;
   private pruneTimer?: NodeJS.Timeout;
-  /** Messages with pending recipients, their pending recipients, and failed messages kept. */
-  private pendingMessages = 0;
+  /** Messages by stored state, and recipients still to be delivered. */
+  private readonly byState: StateCounts = { queued: 0, deferred: 0, held: 0, failed: 0 };
   private pendingRecipients = 0;
-  private failedMessages = 0;
+  private probing?: Promise<boolean>;
 
   private readonly stmt: SpoolStatements;
   private readonly committer: GroupCommitter;
   private readonly bodiesDir: string;
+  private readonly writeHealth: WriteHealth;
 
   private constructor(
     private readonly db: Database.Database,
     private readonly dir: string,
+    private readonly lock: SpoolLock,
     private readonly failedRetentionMs: number,
     private readonly inlineMax: number,
     private readonly logger: Logger,
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
     this.stmt = prepareStatements(db);
-    this.committer = new GroupCommitter(db, this.bodiesDir, logger);
+    this.writeHealth = new WriteHealth(dir, logger);
+    this.committer = new GroupCommitter(db, this.bodiesDir, logger, this.writeHealth);
   }
 
-  static async open(options: {
-    dir: string;
-    failedRetentionMs?: number;
-    logger?: Logger;
-    inlineBodyMaxBytes?: number;
-  }): Promise<SqliteSpool> {
+  /**
+   * Open (creating or migrating) the spool in `options.dir`. Throws SpoolLockedError when another
+   * process has it open, SpoolSchemaError when a newer version wrote it, SpoolWriteError otherwise.
+   */
+  static async open(options: SqliteSpoolOptions): Promise<SqliteSpool> {
     const dir = path.resolve(options.dir);
     const logger = options.logger ?? silentLogger;
     const bodiesDir = path.join(dir, 'bodies');
@@ -108,40 +145,52 @@ export class SqliteSpool implements Spool {
     } catch (err) {
       throw new SpoolWriteError(`cannot create spool directory ${bodiesDir}`, err);
     }
-    let db: Database.Database;
+    // The lock first: nothing below (migration, orphan cleanup) may run beside another relay.
+    const lock = lockSpool(dir);
+    let db: Database.Database | undefined;
     try {
-      db = new Database(path.join(dir, 'spool.db'));
-      db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = FULL');
-      db.pragma('journal_size_limit = 67108864');
-      db.pragma('busy_timeout = 5000');
-      db.exec(SCHEMA);
+      try {
+        db = new Database(path.join(dir, 'spool.db'));
+        const from = configureAndMigrate(db);
+        if (from !== SCHEMA_VERSION) logger.info({ dir, from, to: SCHEMA_VERSION }, 'spool schema migrated');
+      } catch (err) {
+        if (err instanceof SpoolSchemaError) throw err;
+        throw new SpoolWriteError(`cannot open spool database in ${dir}`, err);
+      }
+      // The database and WAL files may have just been created: make their directory entries durable.
+      await fsyncDir(dir);
+      const spool = new SqliteSpool(
+        db,
+        dir,
+        lock,
+        options.failedRetentionMs ?? DEFAULT_FAILED_RETENTION,
+        options.inlineBodyMaxBytes ?? DEFAULT_INLINE_MAX,
+        logger,
+      );
+      try {
+        // Only under the lock: another relay's uncommitted body files would look orphaned.
+        const orphans = await removeOrphanBodies(
+          bodiesDir,
+          (id) => spool.stmt.bodyInfo.get(id) !== undefined,
+        );
+        if (orphans)
+          logger.warn({ removed: orphans }, 'removed orphan body files left by an interrupted store');
+        spool.loadCounters();
+        await spool.prune();
+      } catch (err) {
+        throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
+      }
+      spool.pruneTimer = setInterval(() => {
+        spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
+      }, PRUNE_INTERVAL);
+      spool.pruneTimer.unref();
+      logger.info({ dir, ...spool.byState }, 'spool opened');
+      return spool;
     } catch (err) {
-      throw new SpoolWriteError(`cannot open spool database in ${dir}`, err);
+      if (db?.open) db.close();
+      lock.release();
+      throw err;
     }
-    // The database and WAL files may have just been created: make their directory entries durable.
-    await fsyncDir(dir);
-    const spool = new SqliteSpool(
-      db,
-      dir,
-      options.failedRetentionMs ?? DEFAULT_FAILED_RETENTION,
-      options.inlineBodyMaxBytes ?? DEFAULT_INLINE_MAX,
-      logger,
-    );
-    try {
-      await spool.removeOrphanBodies();
-      spool.loadCounters();
-      await spool.prune();
-    } catch (err) {
-      db.close();
-      throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
-    }
-    spool.pruneTimer = setInterval(() => {
-      spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
-    }, PRUNE_INTERVAL);
-    spool.pruneTimer.unref();
-    logger.info({ dir, pending: spool.pendingMessages, failed: spool.failedMessages }, 'spool opened');
-    return spool;
   }
 
   // ---------------------------------------------------------------- store
@@ -176,6 +225,7 @@ export class SqliteSpool implements Spool {
       read = await readBody(body, { id, bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
     } catch (err) {
       spoolWriteErrors.inc({ stage: 'body' });
+      if (isStorageError(err)) this.writeHealth.failed(err);
       this.logger.warn({ queueId: id, err }, 'message body not stored');
       throw new SpoolWriteError('message body could not be stored', err);
     }
@@ -190,22 +240,15 @@ export class SqliteSpool implements Spool {
     try {
       await this.committer.run<void>(
         () => {
-          this.stmt.insertMessage.run(
-            id,
-            envelope.mailFrom,
-            receptionJson,
-            receivedAt,
-            read.size,
-            inFile ? 1 : 0,
-            receivedAt,
-            recipients.length,
+          insertMessage(
+            this.stmt,
+            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients },
+            read,
           );
-          recipients.forEach((recipient, position) => this.stmt.insertRecipient.run(id, position, recipient));
-          if (read.content) this.stmt.insertBody.run(id, read.content);
           return {
             value: undefined,
             onCommit: () => {
-              this.pendingMessages += 1;
+              this.byState.queued += 1;
               this.pendingRecipients += recipients.length;
             },
           };
@@ -227,12 +270,12 @@ export class SqliteSpool implements Spool {
 
   lease(max: number, now: number = Date.now()): QueuedMessage[] {
     this.assertOpen();
-    const leased: QueuedMessage[] = [];
+    const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
     if (max <= 0) return leased;
     for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (this.leases.has(row.id)) continue;
+      if (!this.leases.leasable(row.id, now)) continue;
       const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
-      if (recipients.length === 0) continue; // cannot happen: pending rows have pending recipients
+      if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
       leased.push({
         id: row.id,
         envelope: { mailFrom: row.mail_from, recipients },
@@ -240,19 +283,24 @@ export class SqliteSpool implements Spool {
         size: row.size,
         attempts: row.attempts,
         dueAt: row.due_at,
+        state: row.state,
       });
       if (leased.length >= max) break;
     }
-    for (const message of leased) this.leases.add(message.id);
-    return leased;
+    return leased.map(({ state, ...message }) => {
+      this.leases.take(message.id, state);
+      return message;
+    });
   }
 
   nextDueAt(): number | undefined {
     this.assertOpen();
+    const next = this.leases.earliestHold();
     for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (!this.leases.has(row.id)) return row.due_at;
+      if (this.leases.has(row.id) || this.leases.heldBack(row.id)) continue;
+      return next === undefined ? row.due_at : Math.min(next, row.due_at);
     }
-    return undefined;
+    return next;
   }
 
   openBody(id: MessageId): Readable {
@@ -265,91 +313,90 @@ export class SqliteSpool implements Spool {
     return Readable.from([data], { objectMode: false });
   }
 
+  async record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void> {
+    if (outcomes.some((o) => o.status === 'deferred')) {
+      throw new TypeError('record: only final outcomes (delivered, failed, suppressed, expired)');
+    }
+    if (outcomes.length === 0) return;
+    await this.write(id, () => {
+      const row = this.stmt.message.get(id) as MessageRow | undefined;
+      if (!row || row.state === 'failed') {
+        if (this.leases.isUncertain(id)) return { value: undefined }; // the failed write did commit
+        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
+      }
+      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
+      if (stillPending === 0) throw new TypeError('record: it would finish the message; use settle');
+      this.stmt.setPendingRecipients.run(stillPending, id);
+      const delta = stillPending - row.pending_recipients;
+      return {
+        value: undefined,
+        onCommit: () => {
+          this.pendingRecipients += delta;
+          this.warnUnmatched(id, unmatched);
+        },
+      };
+    });
+  }
+
   async settle(
     id: MessageId,
     outcomes: RecipientOutcome[],
     options: SettleOptions = {},
   ): Promise<MessageState> {
     const now = Date.now();
-    const anyDeferred = outcomes.some((o) => o.status === 'deferred');
-    if (anyDeferred && options.retryAt === undefined) {
-      this.leases.delete(id);
+    if (outcomes.some((o) => o.status === 'deferred') && options.retryAt === undefined) {
+      this.leases.end(id);
       throw new TypeError('settle: retryAt is required when a recipient is deferred');
     }
-    try {
-      return await this.committer.run<MessageState>(() => this.applySettle(id, outcomes, options, now));
-    } finally {
-      this.leases.delete(id);
-    }
+    const state = await this.write<MessageState>(id, () => {
+      const row = this.stmt.message.get(id) as MessageRow | undefined;
+      if (!row || row.state === 'failed') {
+        // A failed write of this settlement may have committed after all: then this retry is done.
+        if (this.leases.isUncertain(id)) return { value: row ? 'failed' : 'delivered' };
+        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
+      }
+      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
+      const finish = finishAttempt(this.stmt, row, outcomes, stillPending, { ...options, now });
+      const delta = stillPending - row.pending_recipients;
+      return {
+        value: finish.state,
+        onCommit: () => {
+          this.byState[row.state] -= 1;
+          if (finish.stored) this.byState[finish.stored] += 1;
+          this.pendingRecipients += delta;
+          this.warnUnmatched(id, unmatched);
+          if (finish.removed && row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
+        },
+      };
+    });
+    this.leases.end(id);
+    return state;
   }
 
-  private applySettle(
-    id: MessageId,
-    outcomes: RecipientOutcome[],
-    options: SettleOptions,
-    now: number,
-  ): OpResult<MessageState> {
-    const row = this.stmt.message.get(id) as MessageRow | undefined;
-    if (!row) throw new Error(`spool has no message ${id}`);
-    if (row.state !== 'pending') throw new Error(`message ${id} is already finished (${row.state})`);
-    const unmatched: string[] = [];
-    for (const outcome of outcomes) {
-      const reply = outcome.reply ?? null;
-      const code = outcome.code ?? null;
-      const { changes } =
-        outcome.status === 'deferred'
-          ? this.stmt.noteRecipientReply.run(reply, code, id, outcome.recipient)
-          : this.stmt.finishRecipient.run(outcome.status, reply, code, id, outcome.recipient);
-      if (changes === 0) unmatched.push(outcome.recipient);
+  /**
+   * One record/settle write. A storage failure keeps the lease (the caller retries; the message stays out
+   * of circulation); any other failure ends it (the caller's mistake, or the message is gone).
+   */
+  private async write<T>(id: MessageId, apply: () => OpResult<T>): Promise<T> {
+    try {
+      const value = await this.committer.run<T>(apply);
+      this.leases.settled(id);
+      return value;
+    } catch (err) {
+      if (err instanceof SpoolWriteError && !this.closed) {
+        this.leases.markUncertain(id);
+        spoolWriteErrors.inc({ stage: 'settle' });
+        throw err;
+      }
+      this.leases.end(id);
+      throw err;
     }
-    const warnUnmatched = (): void => {
-      if (unmatched.length === 0) return;
-      this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not pending');
-    };
-    const attempts = row.attempts + (options.countAttempt === false ? 0 : 1);
-    const stillPending = this.stmt.countPendingRecipients.pluck().get(id) as number;
-    const recipientDelta = stillPending - row.pending_recipients;
-
-    if (stillPending > 0) {
-      const anyDeferred = outcomes.some((o) => o.status === 'deferred');
-      const dueAt = options.retryAt ?? now;
-      this.stmt.reschedule.run(dueAt, attempts, stillPending, id);
-      return {
-        value: anyDeferred ? 'deferred' : 'queued',
-        onCommit: () => {
-          this.pendingRecipients += recipientDelta;
-          warnUnmatched();
-        },
-      };
-    }
-
-    const statuses = this.stmt.recipientStatuses.pluck().all(id) as string[];
-    if (statuses.some((s) => s === 'failed' || s === 'expired')) {
-      this.stmt.markFailed.run(now, attempts, id);
-      return {
-        value: 'failed',
-        onCommit: () => {
-          this.pendingMessages -= 1;
-          this.pendingRecipients += recipientDelta;
-          this.failedMessages += 1;
-          warnUnmatched();
-        },
-      };
-    }
-    this.deleteMessage(id);
-    return {
-      value: statuses.every((s) => s === 'suppressed') ? 'suppressed' : 'delivered',
-      onCommit: () => {
-        this.pendingMessages -= 1;
-        this.pendingRecipients += recipientDelta;
-        warnUnmatched();
-        if (row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
-      },
-    };
   }
 
   release(id: MessageId, dueAt?: number): void {
-    if (!this.leases.delete(id)) return;
+    if (!this.leases.has(id)) return;
+    // In memory first: the message stays out of circulation until dueAt even if the row cannot be written.
+    this.leases.release(id, dueAt);
     if (dueAt === undefined || this.closed) return;
     // Not worth a durable commit: after a restart everything unfinished is due anyway.
     try {
@@ -359,18 +406,25 @@ export class SqliteSpool implements Spool {
     }
   }
 
+  private warnUnmatched(id: MessageId, unmatched: string[]): void {
+    if (unmatched.length === 0 || this.leases.isUncertain(id)) return;
+    this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not waiting');
+  }
+
   // ---------------------------------------------------------------- inspection
 
   counts(): SpoolCounts {
     this.assertOpen();
-    const now = Date.now();
-    const deferred = this.stmt.deferredCount.pluck().get(now) as number;
+    const sending = this.leases.byStoredState();
     const oldest = this.stmt.oldest.pluck().get() as number | null;
+    const { queued, deferred, held, failed } = this.byState;
     return {
-      pending: this.pendingMessages,
-      deferred,
-      leased: this.leases.size,
-      failed: this.failedMessages,
+      pending: queued + deferred + held,
+      queued: queued - sending.queued,
+      sending: this.leases.size,
+      deferred: deferred - sending.deferred,
+      held,
+      failed,
       pendingRecipients: this.pendingRecipients,
       oldestReceivedAt: oldest ?? undefined,
     };
@@ -379,24 +433,7 @@ export class SqliteSpool implements Spool {
   listFailed(limit = 100): FailedMessage[] {
     this.assertOpen();
     const rows = this.stmt.failed.all(limit) as MessageRow[];
-    return rows.map((row) => {
-      const recipients = this.stmt.recipients.all(row.id) as RecipientRow[];
-      return {
-        id: row.id,
-        envelope: { mailFrom: row.mail_from, recipients: recipients.map((r) => r.recipient) },
-        reception: parseReception(row),
-        outcomes: recipients.map((r) => {
-          const outcome: RecipientOutcome = {
-            recipient: r.recipient,
-            status: r.status === 'pending' ? 'deferred' : r.status,
-          };
-          if (r.reply !== null) outcome.reply = r.reply;
-          if (r.code !== null) outcome.code = r.code;
-          return outcome;
-        }),
-        finishedAt: row.finished_at ?? 0,
-      };
-    });
+    return rows.map((row) => failedMessageOf(row, this.stmt.recipients.all(row.id) as RecipientRow[]));
   }
 
   /** Group-commit statistics since open. */
@@ -404,22 +441,39 @@ export class SqliteSpool implements Spool {
     return this.committer.stats();
   }
 
-  async isWritable(): Promise<boolean> {
-    if (this.closed) return false;
-    const probe = path.join(this.dir, `.probe-${process.pid}-${Date.now().toString(36)}`);
-    let file: fsp.FileHandle | undefined;
+  health(): SpoolHealth {
+    return this.writeHealth.get();
+  }
+
+  /**
+   * Probe with real durable writes: a file of PROBE_BYTES written and fsynced in the body directory, and
+   * a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
+   */
+  isWritable(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    // Concurrent callers (/readyz, the dispatcher) share one probe.
+    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    return this.probing;
+  }
+
+  private async probe(): Promise<boolean> {
     try {
-      file = await fsp.open(probe, 'w');
-      await writeAll(file, Buffer.from('probe\n'));
-      await file.sync();
-      return true;
+      await probeDirectory(this.bodiesDir, PROBE_BYTES);
     } catch (err) {
+      this.writeHealth.failed(err);
       this.logger.warn({ err }, 'spool directory is not writable');
       return false;
-    } finally {
-      if (file) await file.close().catch(() => undefined);
-      await removeQuietly(probe);
     }
+    try {
+      await this.committer.run(() => {
+        this.stmt.probe.run(String(Date.now()));
+        return { value: undefined };
+      });
+    } catch {
+      return false; // the committer marked the spool unwritable
+    }
+    this.writeHealth.succeeded();
+    return true;
   }
 
   close(): Promise<void> {
@@ -434,6 +488,7 @@ export class SqliteSpool implements Spool {
     await this.committer.whenIdle();
     this.leases.clear();
     this.db.close();
+    this.lock.release();
   }
 
   // ---------------------------------------------------------------- maintenance
@@ -448,11 +503,11 @@ export class SqliteSpool implements Spool {
           id: string;
           body_in_file: number;
         }>;
-        for (const victim of victims) this.deleteMessage(victim.id);
+        for (const victim of victims) deleteMessage(this.stmt, victim.id);
         return {
           value: victims.length,
           onCommit: () => {
-            this.failedMessages -= victims.length;
+            this.byState.failed -= victims.length;
             for (const victim of victims) {
               if (victim.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, victim.id));
             }
@@ -478,43 +533,11 @@ export class SqliteSpool implements Spool {
     }
   }
 
-  private deleteMessage(id: MessageId): void {
-    this.stmt.deleteRecipients.run(id);
-    this.stmt.deleteBody.run(id);
-    this.stmt.deleteMessage.run(id);
-  }
-
   private loadCounters(): void {
-    const pending = this.db
-      .prepare(
-        `SELECT count(*) AS messages, coalesce(sum(pending_recipients), 0) AS recipients
-           FROM messages WHERE state = 'pending'`,
-      )
-      .get() as { messages: number; recipients: number };
-    this.pendingMessages = pending.messages;
-    this.pendingRecipients = pending.recipients;
-    this.failedMessages = this.db
-      .prepare(`SELECT count(*) FROM messages WHERE state = 'failed'`)
-      .pluck()
-      .get() as number;
-  }
-
-  /** Remove `.tmp` leftovers and `.eml` files whose row never committed (crash before COMMIT). */
-  private async removeOrphanBodies(): Promise<void> {
-    const names = await fsp.readdir(this.bodiesDir);
-    let removed = 0;
-    for (const name of names) {
-      const full = path.join(this.bodiesDir, name);
-      const match = /^(.*)\.(tmp|eml)$/.exec(name);
-      if (!match) continue;
-      const [, id, ext] = match;
-      if (ext === 'eml' && isQueueId(id) && this.stmt.bodyInfo.get(id)) continue;
-      await removeQuietly(full);
-      removed += 1;
-    }
-    if (removed > 0) {
-      await fsyncDir(this.bodiesDir);
-      this.logger.warn({ removed }, 'removed orphan body files left by an interrupted store');
+    this.pendingRecipients = 0;
+    for (const row of this.stmt.stateCounts.all() as StateCountRow[]) {
+      this.byState[row.state] = row.messages;
+      if (row.state !== 'failed') this.pendingRecipients += row.recipients;
     }
   }
 

@@ -35,6 +35,8 @@ export interface EgressHarnessOptions {
   logger?: Logger;
   /** Do not start the dispatcher (store first, then start). */
   paused?: boolean;
+  /** Dispatcher backoff while the spool cannot be written. */
+  spoolRetryMs?: [number, number];
 }
 
 export interface EgressHarness {
@@ -106,6 +108,7 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
     logger,
     throttleRetryMs: o.throttleRetryMs ?? [50, 100],
     unavailableRetryMs: o.unavailableRetryMs ?? 100,
+    spoolRetryMs: o.spoolRetryMs,
   });
   if (!o.paused) dispatcher.start();
   let closed = false;

@@ -11,6 +11,7 @@ import {
   type QueuedMessage,
   type Spool,
   type SpoolCounts,
+  type SpoolHealth,
 } from '../../src/spool/spool';
 import type { Envelope, MessageId, MessageState, Reception } from '../../src/types';
 
@@ -76,15 +77,20 @@ export class MemorySpool implements Spool {
     if (!m) throw new Error(`no message ${id}`);
     return Readable.from([m.body]);
   }
+  async record(): Promise<void> {}
   async settle(): Promise<MessageState> {
     return 'delivered';
   }
   release(): void {}
   counts(): SpoolCounts {
-    return { pending: this.messages.length, deferred: 0, leased: 0, failed: 0, pendingRecipients: 0 };
+    const n = this.messages.length;
+    return { pending: n, queued: n, sending: 0, deferred: 0, held: 0, failed: 0, pendingRecipients: 0 };
   }
   listFailed(): FailedMessage[] {
     return [];
+  }
+  health(): SpoolHealth {
+    return { writable: !this.failWith, since: 0 };
   }
   async isWritable(): Promise<boolean> {
     return !this.failWith;
