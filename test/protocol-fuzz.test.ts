@@ -29,7 +29,7 @@ import bcrypt from 'bcryptjs';
 import nodemailer from 'nodemailer';
 import { cleanupAfterAll } from './helpers/cleanup';
 import { startFakeSes, type FakeSes } from './helpers/fake-ses';
-import { FuzzConnection } from './helpers/fuzz-connection';
+import { FuzzConnection, replyLineProblem } from './helpers/fuzz-connection';
 import { FUZZ_MAX_MESSAGE_SIZE } from './helpers/fuzz-limits';
 import type { Rng } from './helpers/fuzz-random';
 import { FuzzRun, type Finding, type SesVerdict } from './helpers/fuzz-run';
@@ -337,6 +337,14 @@ test(
     });
   },
 );
+
+test("the fuzzer's reply checker refuses what RFC 5321 and RFC 3463 refuse", () => {
+  for (const line of ['250 ok', '250-PIPELINING', '250', '220 relay.test ESMTP x', '354 go', '535 5.7.8 no'])
+    assert.equal(replyLineProblem(line), undefined, line);
+  const bad = ['25 x', '650 x', '260 x', '250x', '250 caf\xe9', '250 a\0b', '250 a\nb', '550 2.0.0 x'];
+  for (const line of [...bad, `250 ${'a'.repeat(507)}`])
+    assert.ok(replyLineProblem(line), JSON.stringify(line.slice(0, 20)));
+});
 
 // The fuzzer's half-open "no-read" sessions are short; this is the long version of one, on its own relay.
 test(
