@@ -228,10 +228,9 @@ export class FuzzRun {
       if (t.state === 'aborted' || t.state === 'smuggled' || t.state === 'unauth')
         v.forbidden.push(finding(t, `${t.state} message ${token} delivered to ${m.recipients.join(',')}`));
       if (t.state === 'acked' && t.expected) {
-        const want = {
-          from: canonical(t.expected.mailFrom),
-          to: t.expected.recipients.map(canonical).sort(),
-        };
+        // A repeated RCPT counts once (smtp-server replaces it, the relay stores it once, case-insensitively).
+        const to = new Map(t.expected.recipients.map((r) => [canonical(r).toLowerCase(), canonical(r)]));
+        const want = { from: canonical(t.expected.mailFrom), to: [...to.values()].sort() };
         const got = { from: canonical(m.mailFrom), to: m.recipients.map(canonical).sort() };
         if (JSON.stringify(want) !== JSON.stringify(got))
           (t.expected.odd ? v.oddEnvelopeMismatches : v.envelopeMismatches).push(
