@@ -49,6 +49,8 @@ export interface SmtpListener {
   address(): AddressInfo;
   readonly listening: boolean;
   activeSessions(): number;
+  /** Raw TCP sockets the listener still holds (open sessions and TLS handshakes in progress). */
+  openSockets(): number;
 }
 
 /** The name in the greeting banner: `220 <SERVER_FQDN> ESMTP ses-email-service`. */
@@ -66,6 +68,8 @@ interface ConnectionInternals {
   session: SMTPServerSession;
   send(code: number, data?: string | string[] | null, context?: string | false): void;
   close(): void;
+  /** The socket the connection reads from: the raw TCP socket until a STARTTLS upgrade. */
+  _socket: Socket;
   handler_EHLO(command: Buffer, callback: () => void): void;
   handler_AUTH(command: Buffer, callback: () => void): void;
 }
@@ -78,6 +82,8 @@ interface SessionState {
   /** Counted in the sessions gauge. */
   counted: boolean;
   connection?: ConnectionInternals;
+  /** The raw TCP socket of this session (forgotten in onClose, see rawSockets). */
+  rawSocket?: Socket;
 }
 
 class MessageTooBigError extends Error {
@@ -221,6 +227,9 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
       const conn = connections().find((c) => c.id === session.id);
       if (conn) {
         state.connection = conn;
+        // Before any STARTTLS, _socket is the raw socket accepted by the listener (implicit TLS: the
+        // TLSSocket, whose raw socket keeps its own close listener).
+        state.rawSocket = conn._socket;
         adjustConnection(conn);
       } else {
         log.warn({ event: 'ingress:internals' }, 'smtp-server connection not found; reply adjustments off');
@@ -234,6 +243,10 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
 
     onClose(session) {
       const state = states.get(session);
+      // STARTTLS strips every listener from the raw socket (smtp-server's upgrade() calls
+      // removeAllListeners()), including the one that removes it from rawSockets on close: the end of
+      // the session removes it instead, or the set would keep every STARTTLS connection alive.
+      if (state?.rawSocket) rawSockets.delete(state.rawSocket);
       if (state?.counted) {
         state.counted = false;
         ingressMetrics.sessions.dec();
@@ -495,6 +508,9 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     },
     activeSessions() {
       return smtp.connections.size;
+    },
+    openSockets() {
+      return rawSockets.size;
     },
   };
 }
