@@ -265,7 +265,6 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
       authenticator.authenticate(username, auth.password ?? '').then(
         async (user) => {
           if (user) {
-            authFailures.recordSuccess(client);
             log.info({ event: 'auth:accepted', client, user: user.user }, 'AUTH accepted');
             return callback(null, { user });
           }
