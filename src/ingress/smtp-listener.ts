@@ -8,7 +8,7 @@
  *   slowed down and counted per client address; too many lock the address out for a while.
  * - 250 is sent only after `spool.store` resolved (durable); the body is streamed, never buffered
  *   whole, normalised to CRLF line endings (see line-endings.ts for the smuggling rule) and cut off
- *   at SMTP_MAX_MESSAGE_SIZE (the rest is drained and discarded, then 552).
+ *   when what would be stored exceeds SMTP_MAX_MESSAGE_SIZE (the rest is drained and discarded, then 552).
  * - close(graceMs) lets transactions in DATA finish, answers everything else with 421 4.3.2.
  *
  * Replies come from the catalogue in src/replies.ts. smtp-server answers protocol errors (syntax,
@@ -28,7 +28,7 @@ import { checkAddress, domainOf } from './address-syntax';
 import { AuthUnavailableError, type AuthenticatedUser, type Authenticator } from './authenticator';
 import { AuthFailureTracker, TrustedNetworks } from './client-access';
 import { ingressMetrics } from './ingress-metrics';
-import { LineEndingNormalizer } from './line-endings';
+import { LineEndingNormalizer, MessageTooBigError } from './line-endings';
 import { StaticUserAuthenticator } from './static-users';
 
 export interface SmtpListenerOptions {
@@ -84,13 +84,6 @@ interface SessionState {
   connection?: ConnectionInternals;
   /** The raw TCP socket of this session (forgotten in onClose, see rawSockets). */
   rawSocket?: Socket;
-}
-
-class MessageTooBigError extends Error {
-  constructor() {
-    super('message exceeds the size limit');
-    this.name = 'MessageTooBigError';
-  }
 }
 
 function sleep(ms: number): Promise<void> {
@@ -166,6 +159,11 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
   function adjustConnection(conn: ConnectionInternals): void {
     const send = conn.send.bind(conn);
     conn.send = (code, data, context) => {
+      // smtp-server's own 552 for MAIL FROM SIZE= over the limit: the catalogue's text instead.
+      if (context === 'MESSAGE_TOO_BIG') {
+        ingressMetrics.rejections.inc({ reply: 'messageTooBig' });
+        return send(REPLIES.messageTooBig.code, replyText('messageTooBig'), false);
+      }
       const own = typeof data === 'string' && ENHANCED_PREFIX.test(data);
       if (code >= 400 && !own) ingressMetrics.rejections.inc({ reply: `smtp_${code}` });
       send(code, data, own ? false : context);
@@ -354,11 +352,8 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     const envelope = envelopeOf(session);
     const user = userOf(session);
     const client = session.remoteAddress;
-    const body = new LineEndingNormalizer();
-    // The spool sees a destroyed body through its own reading; this listener only keeps an error on a
-    // body the spool no longer reads (it already gave up) from becoming an uncaught exception.
-    body.on('error', () => {});
-    let received = 0;
+    // The size limit counts the bytes as stored (after normalisation); the normalizer fails before its end.
+    const body = new LineEndingNormalizer({ maxBytes: config.maxMessageSize });
     let tooBig = false;
     let aborted = false;
 
@@ -372,12 +367,10 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
       stream.resume();
       setImmediate(() => stream.resume());
     };
-    stream.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      if (received > config.maxMessageSize && !tooBig) {
-        tooBig = true;
-        abort(new MessageTooBigError());
-      }
+    // The spool sees a failed body through its own reading; this listener drains the rest of the DATA.
+    body.on('error', (err) => {
+      if (err instanceof MessageTooBigError) tooBig = true;
+      abort(err);
     });
     stream.on('error', (err) => abort(err));
     stream.pipe(body);
@@ -404,7 +397,6 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
       })
       .then(
         (queueId) => {
-          if (tooBig) return finish(reject('messageTooBig'));
           ingressMetrics.messagesReceived.inc();
           ingressMetrics.recipientsReceived.inc(envelope.recipients.length);
           ingressMetrics.receivedBytes.inc(body.bytesOut);
@@ -425,10 +417,7 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
         (err: unknown) => {
           abort(err instanceof Error ? err : new Error(String(err)));
           if (tooBig) {
-            log.info(
-              { event: 'message:too-big', client, received, limit: config.maxMessageSize },
-              'rejected',
-            );
+            log.info({ event: 'message:too-big', client, limit: config.maxMessageSize }, 'rejected');
             return finish(reject('messageTooBig'));
           }
           if (!(err instanceof SpoolWriteError)) {
