@@ -25,7 +25,12 @@ import { REPLIES, smtpError, type ReplyKey, type SmtpReplyError } from '../repli
 import { SpoolWriteError, type Spool } from '../spool/spool';
 import type { Envelope } from '../types';
 import { checkAddress, domainOf } from './address-syntax';
-import { AuthUnavailableError, type AuthenticatedUser, type Authenticator } from './authenticator';
+import {
+  AuthUnavailableError,
+  userNameHash,
+  type AuthenticatedUser,
+  type Authenticator,
+} from './authenticator';
 import { AuthFailureTracker, TrustedNetworks } from './client-access';
 import { ingressMetrics } from './ingress-metrics';
 import { LineEndingNormalizer, MessageTooBigError } from './line-endings';
@@ -197,6 +202,21 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     };
   }
 
+  /**
+   * A failed AUTH (wrong credentials, or no answer): counted toward the lockout, slowed down, logged with a
+   * hash of the user name only (clients type API keys and passwords into the user field).
+   */
+  async function refuseAuth(client: string, username: string, key: ReplyKey): Promise<SmtpReplyError> {
+    ingressMetrics.authFailures.inc();
+    const locked = authFailures.recordFailure(client);
+    log.warn(
+      { event: locked ? 'auth:locked-out' : 'auth:failed', client, userHash: userNameHash(username) },
+      locked ? 'AUTH failed; client address locked out' : 'AUTH failed',
+    );
+    await sleep(authFailureDelayMs);
+    return reject(locked ? 'authLockedOut' : key);
+  }
+
   const serverOptions: SMTPServerOptions = {
     name: config.serverName,
     banner: BANNER,
@@ -261,27 +281,24 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
       if (!authUsable(session)) return callback(reject('encryptionRequired'));
       const username = auth.username ?? '';
       authenticator.authenticate(username, auth.password ?? '').then(
-        async (user) => {
-          if (user) {
-            log.info({ event: 'auth:accepted', client, user: user.user }, 'AUTH accepted');
-            return callback(null, { user });
-          }
-          ingressMetrics.authFailures.inc();
-          const locked = authFailures.recordFailure(client);
-          log.warn(
-            { event: locked ? 'auth:locked-out' : 'auth:failed', client, user: username },
-            locked ? 'AUTH failed; client address locked out' : 'AUTH failed',
-          );
-          await sleep(authFailureDelayMs);
-          callback(reject(locked ? 'authLockedOut' : 'authInvalid'));
+        (user) => {
+          if (!user) return void refuseAuth(client, username, 'authInvalid').then(callback);
+          log.info({ event: 'auth:accepted', client, user: user.user }, 'AUTH accepted');
+          callback(null, { user });
         },
         (err: unknown) => {
+          // Nobody accepted and one authenticator could not answer (DynamoDB down): still a failed attempt,
+          // with the same delay and count, or static passwords could be guessed unthrottled during an outage.
+          const userHash = userNameHash(username);
           if (!(err instanceof AuthUnavailableError)) {
-            log.error({ event: 'auth:error', client, err }, 'authenticator failed');
+            log.error({ event: 'auth:error', client, userHash, err }, 'authenticator failed');
           } else {
-            log.warn({ event: 'auth:unavailable', client, err: err.message }, 'authenticator unavailable');
+            log.warn(
+              { event: 'auth:unavailable', client, userHash, err: err.message },
+              'authenticator unavailable',
+            );
           }
-          callback(reject('authUnavailable'));
+          void refuseAuth(client, username, 'authUnavailable').then(callback);
         },
       );
     },
