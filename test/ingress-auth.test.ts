@@ -317,7 +317,7 @@ describe('ingress AUTH variants', () => {
       assert.equal((await c.command('MAIL FROM:<a@EXAMPLE.com>')).code, 250);
       assert.equal((await c.command('RCPT TO:<b@example.net>')).code, 250);
       assert.equal((await c.command('DATA')).code, 354);
-      const r = await c.command('Subject: t\r\n\r\nhello\r\n.');
+      const r = await c.command('From: a@example.com\r\nSubject: t\r\n\r\nhello\r\n.');
       assert.match(r.text, /^250 2\.0\.0 Ok: queued as /);
       assert.equal(spool.messages[0].reception.authUser, 'key:app');
       c.close();

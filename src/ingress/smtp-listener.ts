@@ -16,12 +16,13 @@
  * to its own replies, while ours carry the catalogue's code in their text.
  */
 import type { AddressInfo, Socket } from 'node:net';
+import type { Transform } from 'node:stream';
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { IngressConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
-import { REPLIES, smtpError, type ReplyKey, type SmtpReplyError } from '../replies';
+import { REPLIES, SmtpReplyError, smtpError, type ReplyKey } from '../replies';
 import { SpoolWriteError, type Spool } from '../spool/spool';
 import type { Envelope } from '../types';
 import { checkAddress, domainOf } from './address-syntax';
@@ -34,6 +35,7 @@ import {
 import { AuthFailureTracker, TrustedNetworks } from './client-access';
 import { ingressMetrics } from './ingress-metrics';
 import { LineEndingNormalizer, MessageTooBigError } from './line-endings';
+import { HEADER_SECTION_LIMIT, HeaderSectionCheck, senderHeaderAddresses } from './message-headers';
 import { StaticUserAuthenticator } from './static-users';
 
 export interface SmtpListenerOptions {
@@ -343,6 +345,21 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     },
   };
 
+  /** API keys with allowed_from_domains: every From: and Sender: address must be in them (see message-headers.ts). */
+  function headerSendersRefusal(section: string | undefined, allowed: string[]): SmtpReplyError | undefined {
+    if (section === undefined) {
+      return reject('headerSenderNotAllowed', `header section over ${HEADER_SECTION_LIMIT} bytes`);
+    }
+    const { from, sender } = senderHeaderAddresses(section);
+    if (from.length === 0) return reject('headerSenderNotAllowed', 'no From address');
+    for (const address of [...from, ...sender]) {
+      const check = checkAddress(address, 'sender');
+      const domain = check.ok ? domainOf(check.address) : undefined;
+      if (!domain || !allowed.includes(domain)) return reject('headerSenderNotAllowed');
+    }
+    return undefined;
+  }
+
   function envelopeOf(session: SMTPServerSession): Envelope {
     const from = session.envelope.mailFrom;
     const sender = from ? checkAddress(from.address, 'sender') : undefined;
@@ -370,8 +387,13 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     const user = userOf(session);
     const client = session.remoteAddress;
     // The size limit counts the bytes as stored (after normalisation); the normalizer fails before its end.
-    const body = new LineEndingNormalizer({ maxBytes: config.maxMessageSize });
-    let tooBig = false;
+    const normalizer = new LineEndingNormalizer({ maxBytes: config.maxMessageSize });
+    const stages: Transform[] = [normalizer];
+    const allowed = user?.allowedFromDomains;
+    if (allowed) stages.push(new HeaderSectionCheck((section) => headerSendersRefusal(section, allowed)));
+    const body = stages[stages.length - 1];
+    /** Why we refused the message ourselves (the spool then reports the failed body as a write error). */
+    let refusal: SmtpReplyError | undefined;
     let aborted = false;
 
     // Stop storing: the spool sees the error and keeps nothing. The rest of the DATA is still read
@@ -379,18 +401,21 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     const abort = (err: Error): void => {
       if (aborted) return;
       aborted = true;
-      stream.unpipe(body);
-      body.destroy(err);
+      stream.unpipe(normalizer);
+      for (const stage of stages) stage.destroy(err);
       stream.resume();
       setImmediate(() => stream.resume());
     };
-    // The spool sees a failed body through its own reading; this listener drains the rest of the DATA.
-    body.on('error', (err) => {
-      if (err instanceof MessageTooBigError) tooBig = true;
-      abort(err);
-    });
+    for (const stage of stages) {
+      stage.on('error', (err) => {
+        if (err instanceof MessageTooBigError) refusal ??= reject('messageTooBig');
+        else if (err instanceof SmtpReplyError) refusal ??= err;
+        abort(err);
+      });
+    }
     stream.on('error', (err) => abort(err));
-    stream.pipe(body);
+    stream.pipe(normalizer);
+    for (let i = 1; i < stages.length; i++) stages[i - 1].pipe(stages[i]);
 
     let answered = false;
     const finish = (err: Error | null, message?: string): void => {
@@ -416,14 +441,14 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
         (queueId) => {
           ingressMetrics.messagesReceived.inc();
           ingressMetrics.recipientsReceived.inc(envelope.recipients.length);
-          ingressMetrics.receivedBytes.inc(body.bytesOut);
+          ingressMetrics.receivedBytes.inc(normalizer.bytesOut);
           log.info(
             {
               event: 'message:accepted',
               queueId,
               from: envelope.mailFrom,
               rcpts: envelope.recipients.length,
-              size: body.bytesOut,
+              size: normalizer.bytesOut,
               client,
               user: user?.user,
             },
@@ -433,9 +458,12 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
         },
         (err: unknown) => {
           abort(err instanceof Error ? err : new Error(String(err)));
-          if (tooBig) {
-            log.info({ event: 'message:too-big', client, limit: config.maxMessageSize }, 'rejected');
-            return finish(reject('messageTooBig'));
+          if (refusal) {
+            log.info(
+              { event: 'message:refused', client, reply: refusal.key, limit: config.maxMessageSize },
+              'message refused',
+            );
+            return finish(refusal);
           }
           if (!(err instanceof SpoolWriteError)) {
             log.error({ event: 'spool:error', client, err }, 'spool store failed unexpectedly');
