@@ -9,10 +9,10 @@ import bcrypt from 'bcryptjs';
 import nodemailer from 'nodemailer';
 import type SMTPTransport from 'nodemailer/lib/smtp-transport';
 
-import { AuthUnavailableError, type Authenticator } from '../src/ingress/authenticator';
+import { AuthUnavailableError, type Authenticator } from '../src/auth/authenticator';
 import { type SmtpListener, type SmtpListenerOptions } from '../src/ingress/smtp-listener';
-import { AuthFailureTracker, clientNetwork } from '../src/ingress/client-access';
-import { StaticUserAuthenticator } from '../src/ingress/static-users';
+import { AuthFailureTracker, clientNetwork } from '../src/auth/auth-failures';
+import { StaticUserAuthenticator } from '../src/auth/static-users';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig, testTls } from './helpers/smtp-client';
 import { startTestListener } from './helpers/ingress-listener';

@@ -31,12 +31,13 @@ import {
   userNameHash,
   type AuthenticatedUser,
   type Authenticator,
-} from './authenticator';
-import { AuthFailureTracker, TrustedNetworks } from './client-access';
+} from '../auth/authenticator';
+import { AuthFailureTracker } from '../auth/auth-failures';
+import { TrustedNetworks } from './client-access';
 import { ingressMetrics } from './ingress-metrics';
 import { LineEndingNormalizer, MessageTooBigError } from './line-endings';
 import { HEADER_SECTION_LIMIT, HeaderSectionCheck, senderHeaderAddresses } from './message-headers';
-import { StaticUserAuthenticator } from './static-users';
+import { StaticUserAuthenticator } from '../auth/static-users';
 
 export interface SmtpListenerOptions {
   config: IngressConfig;

@@ -21,9 +21,9 @@ import {
   userNameHash,
   type AuthenticatedUser,
   type Authenticator,
-} from '../ingress/authenticator';
+} from './authenticator';
 import type { Logger } from '../observability/logger';
-import { apiKeyCacheHits, apiKeyLookups } from './policy-metrics';
+import { apiKeyCacheHits, apiKeyLookups } from './auth-metrics';
 
 export const API_KEY_HASH_ATTRIBUTE = 'api_key_hash';
 
