@@ -8,7 +8,6 @@ import type { Config } from './config';
 import type { Spool } from './spool/spool';
 import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
-import { setGreetingDelay } from './ingress/greeting-delay';
 import type { Authenticator } from './auth/authenticator';
 import { authenticatorChain } from './auth/authenticator-chain';
 import { StaticUserAuthenticator } from './auth/static-users';
@@ -167,7 +166,6 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     dispatcher.start();
-    setGreetingDelay(config.ingress.greetingDelayMs);
     smtp = createSmtpListener({
       config: config.ingress,
       spool: wakingSpool(spool, () => dispatcher.wake()),

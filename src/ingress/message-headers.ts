@@ -7,9 +7,9 @@
  * Only the header section is kept (up to the first empty line, at most HEADER_SECTION_LIMIT bytes, Postfix's
  * `header_size_limit` default); the body streams through untouched, never buffered. A header section that is
  * larger, or has no From address, cannot be shown to be allowed and is refused. Headers are split and
- * unfolded by libmime and the address lists parsed by nodemailer's addressparser (the parsers of the
- * nodemailer family that SES-bound clients mostly use); comments, groups and display names are handled
- * there, so `"a@allowed.example" <x@evil.example>` is x@evil.example.
+ * unfolded by libmime and the address lists parsed by nodemailer's addressparser (mailparser's parsers);
+ * comments, groups and display names are handled there, so `"a@allowed.example" <x@evil.example>` is
+ * x@evil.example.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import libmime from 'libmime';
