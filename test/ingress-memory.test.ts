@@ -101,7 +101,7 @@ function rawTcp(port: number, write?: Buffer, waitForServer = false): Promise<vo
   });
 }
 
-type Kind = { name: string; run: (ports: Ports, i: number) => Promise<void> };
+type Kind = { name: string; run: (ports: Ports, i: number) => Promise<void>; shutdown?: boolean };
 
 const KINDS: Kind[] = [
   {
@@ -176,6 +176,11 @@ const KINDS: Kind[] = [
     },
   },
   {
+    name: 'open at shutdown (idle, STARTTLS, mid-DATA), listener closed',
+    shutdown: true,
+    run: () => Promise.resolve(), // see the shutdown branch of the test
+  },
+  {
     name: 'implicit TLS handshake abandoned',
     async run({ implicitPort }, i) {
       if (i % 3 === 0) await rawTcp(implicitPort);
@@ -184,6 +189,23 @@ const KINDS: Kind[] = [
     },
   },
 ];
+
+/** A session left open for the shutdown kind: idle after EHLO, inside STARTTLS, or in the middle of DATA. */
+async function openSession(port: number, i: number): Promise<RawSmtpClient> {
+  if (i % 3 === 0) {
+    const c = await greeted(port);
+    await expectCode(c, 'EHLO client.test', 250);
+    return c;
+  }
+  const c = await secured(port, i % 3 === 2);
+  if (i % 3 === 2) {
+    await expectCode(c, 'MAIL FROM:<a@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<b@example.net>', 250);
+    await expectCode(c, 'DATA', 354);
+    c.write(`${message}still writing...\r\n`);
+  }
+  return c;
+}
 
 async function runBatches(kind: Kind, ports: Ports): Promise<void> {
   for (let start = 0; start < N; start += CONCURRENCY) {
@@ -196,7 +218,7 @@ async function runBatches(kind: Kind, ports: Ports): Promise<void> {
 describe('ingress memory: nothing is retained after a session ends', () => {
   let child: ChildProcess;
   let ports: Ports;
-  const replies: Array<(m: Measurement) => void> = [];
+  const replies: Array<(m: unknown) => void> = [];
 
   before(async () => {
     child = fork(path.join(__dirname, 'helpers', 'ingress-memory-child.ts'), [], {
@@ -211,7 +233,7 @@ describe('ingress memory: nothing is retained after a session ends', () => {
         resolve(m);
       });
     });
-    child.on('message', (m: Measurement) => replies.shift()?.(m));
+    child.on('message', (m: unknown) => replies.shift()?.(m));
   });
 
   after(async () => {
@@ -223,20 +245,34 @@ describe('ingress memory: nothing is retained after a session ends', () => {
     clearTimeout(t);
   });
 
-  function measure(): Promise<Measurement> {
+  function request<T>(cmd: string): Promise<T> {
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('no measurement within 60 s')), 60_000);
+      const t = setTimeout(() => reject(new Error(`no answer to ${cmd} within 60 s`)), 60_000);
       replies.push((m) => {
         clearTimeout(t);
-        resolve(m);
+        resolve(m as T);
       });
-      child.send({ cmd: 'measure' });
+      child.send({ cmd });
     });
+  }
+  const measure = () => request<Measurement>('measure');
+
+  /** N sessions open on a third listener when it shuts down; each must be closed by the server. */
+  async function shutdownWithSessions(): Promise<void> {
+    const { port } = await request<{ port: number }>('start-doomed');
+    const clients: RawSmtpClient[] = [];
+    for (let i = 0; i < N; i++) clients.push(await openSession(port, i));
+    await request('close-doomed');
+    for (const c of clients) {
+      assert.ok(await c.waitClosed(5000), 'the server closed the session at shutdown');
+      c.close();
+    }
   }
 
   it(`${N} sessions of every kind leave no SMTPConnection, socket or tracked raw socket behind`, async () => {
     // One session of each kind first, so lazily built state (TLS contexts, module caches) is in the baseline.
     for (const kind of KINDS) await kind.run(ports, 2);
+    await shutdownWithSessions();
     const baseline = await measure();
     const rows: string[] = [];
     const fmt = (m: Measurement): string =>
@@ -246,7 +282,8 @@ describe('ingress memory: nothing is retained after a session ends', () => {
     const failures: string[] = [];
     for (const kind of KINDS) {
       const before = await measure();
-      await runBatches(kind, ports);
+      if (kind.shutdown) await shutdownWithSessions();
+      else await runBatches(kind, ports);
       const afterKind = await measure();
       const heapDelta = ((afterKind.heapUsed - before.heapUsed) / 1024).toFixed(0);
       rows.push(`${kind.name} x${N}: ${fmt(afterKind)} (heap ${heapDelta} KB vs before)`);

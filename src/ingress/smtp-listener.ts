@@ -145,8 +145,9 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
   };
 }
 
-/** 421 4.3.2 and close (smtp-server closes the connection after any 421). */
+/** 421 4.3.2 and close (smtp-server closes the connection after any 421), once, while it is open. */
 function shutDown(conn: SessionConnection): void {
+  if (!conn.open) return;
   ingressMetrics.rejections.inc({ reply: 'shuttingDown' });
   const r = REPLIES.shuttingDown;
   conn.reply(r.code, `${r.enhanced} ${r.text}`);

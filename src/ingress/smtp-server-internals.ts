@@ -146,6 +146,11 @@ function installGreetingDelayInit(): void {
 /** The connection of one session, as the listener uses it. */
 export interface SessionConnection {
   readonly session: SMTPServerSession;
+  /**
+   * smtp-server still lists the connection (it drops it on a 421, a QUIT or the socket's close). A reply to a
+   * connection that is not open would arm smtp-server's close timer again and keep the connection alive.
+   */
+  readonly open: boolean;
   /** Sends a reply as is (no enhanced code added); a 421 also closes the connection. */
   reply(code: number, text: string): void;
 }
@@ -194,7 +199,14 @@ export class SmtpServerInternals {
       const r = this.options.rewriteReply(conn.session, { code, data, context });
       send(r.code, r.data, r.context);
     };
-    const connection: SessionConnection = { session, reply: (code, text) => conn.send(code, text, false) };
+    const connections = this.server.connections;
+    const connection: SessionConnection = {
+      session,
+      get open() {
+        return connections.has(conn);
+      },
+      reply: (code, text) => conn.send(code, text, false),
+    };
     // Before any STARTTLS this is the accepted raw socket (implicit TLS: the TLSSocket over it, whose raw
     // socket keeps its close listener, as server-side TLS does not strip it).
     this.adopted.set(session, { connection, rawSocket: conn._socket as net.Socket });

@@ -5,7 +5,8 @@
  * Socket), the heap size and the listeners' own socket and session counts.
  *
  * Protocol over IPC: the child sends `{ ready, starttlsPort, implicitPort }`; the parent sends
- * `{ cmd: 'measure' }` (answer: a Measurement) or `{ cmd: 'stop' }`.
+ * `{ cmd: 'measure' }` (answer: a Measurement), `{ cmd: 'start-doomed' }` (a third listener; answer: `{ port }`),
+ * `{ cmd: 'close-doomed' }` (its graceful shutdown; answer: `{ closed }`) or `{ cmd: 'stop' }`.
  */
 import v8 from 'node:v8';
 import bcrypt from 'bcryptjs';
@@ -87,8 +88,20 @@ async function main(): Promise<void> {
   );
   const listeners = [starttls.listener, implicit.listener];
 
+  /** A third listener that the parent fills with sessions and then shuts down (the shutdown kind). */
+  let doomed: SmtpListener | undefined;
   process.on('message', (msg: { cmd: string }) => {
-    if (msg.cmd === 'measure') {
+    if (msg.cmd === 'start-doomed') {
+      void startTestListener(common, { spool, authFailureDelayMs: 1 }).then((l) => {
+        doomed = l.listener;
+        process.send!({ port: l.port });
+      });
+    } else if (msg.cmd === 'close-doomed') {
+      void doomed!.close(200).then(() => {
+        doomed = undefined;
+        process.send!({ closed: true });
+      });
+    } else if (msg.cmd === 'measure') {
       void (async () => {
         // Wait (bounded) until both listeners consider every session over.
         const deadline = Date.now() + 5000;
