@@ -92,7 +92,11 @@ describe('smtp-server internals: the greeting delay (SMTP_GREETING_DELAY)', () =
       ]);
       assert.ok(waited >= 95, `SMTP_GREETING_DELAY=100ms: greeting after ${waited} ms`);
       assert.ok(untouched >= 95, `another smtp-server keeps its 100 ms: ${untouched} ms`);
-      assert.ok(atOnce < 95, `SMTP_GREETING_DELAY=0: greeting after ${atOnce} ms, not held 100 ms`);
+      // Measured side by side, so a busy machine delays all three alike: 0 greets before the two held ones.
+      assert.ok(
+        atOnce < waited && atOnce < untouched,
+        `SMTP_GREETING_DELAY=0: greeting after ${atOnce} ms, before the held ones (${waited}, ${untouched} ms)`,
+      );
     } finally {
       await Promise.all([now.listener.close(500), later.listener.close(500)]);
       await new Promise<void>((resolve) => other.close(resolve));
