@@ -28,7 +28,7 @@ import {
   hashApiKey,
   normalizeDomains,
   parseApiKeyItem,
-} from '../src/policy/api-keys';
+} from '../src/auth/api-keys';
 import { SuppressionList } from '../src/policy/suppression-list';
 
 export interface CliIo {

@@ -8,10 +8,9 @@ import type { Config } from './config';
 import type { Spool } from './spool/spool';
 import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
-import { setGreetingDelay } from './ingress/greeting-delay';
-import type { Authenticator } from './ingress/authenticator';
-import { authenticatorChain } from './ingress/authenticator-chain';
-import { StaticUserAuthenticator } from './ingress/static-users';
+import type { Authenticator } from './auth/authenticator';
+import { authenticatorChain } from './auth/authenticator-chain';
+import { StaticUserAuthenticator } from './auth/static-users';
 import type { RecipientPolicy } from './policy/policy';
 import { createDynamoPolicy } from './policy/policy-factory';
 import type { RecipientLimiter } from './egress/limiter';
@@ -205,7 +204,6 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     dispatcher.start();
-    setGreetingDelay(config.ingress.greetingDelayMs);
     smtp = createSmtpListener({
       config: config.ingress,
       spool: wakingSpool(spool, () => dispatcher.wake()),

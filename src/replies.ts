@@ -115,6 +115,13 @@ export const REPLIES = {
     text: 'Sender address not allowed for this API key',
     meaning: 'The API key may only send from the domains listed in its table item.',
   },
+  headerSenderNotAllowed: {
+    code: 553,
+    enhanced: '5.7.1',
+    text: 'From or Sender header not allowed for this API key',
+    meaning:
+      "An address in the message's From: or Sender: header is outside the API key's domains (or there is no From address); nothing was stored.",
+  },
 } as const satisfies Record<string, ReplyDefinition>;
 
 export type ReplyKey = keyof typeof REPLIES;

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { AuthUnavailableError } from '../src/ingress/authenticator';
+import { AuthUnavailableError } from '../src/auth/authenticator';
 import { silentLogger } from '../src/observability/logger';
-import { ApiKeyAuthenticator, generateApiKey, hashApiKey, parseApiKeyItem } from '../src/policy/api-keys';
+import { ApiKeyAuthenticator, generateApiKey, hashApiKey, parseApiKeyItem } from '../src/auth/api-keys';
 import { startDynalite, type Dynalite } from './helpers/dynalite';
 
 const TABLE = 'api-keys-test';

@@ -2,9 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import bcrypt from 'bcryptjs';
-import { authenticatorChain } from '../src/ingress/authenticator-chain';
-import { StaticUserAuthenticator } from '../src/ingress/static-users';
-import { AuthUnavailableError, type Authenticator } from '../src/ingress/authenticator';
+import { authenticatorChain } from '../src/auth/authenticator-chain';
+import { StaticUserAuthenticator } from '../src/auth/static-users';
+import { AuthUnavailableError, type Authenticator } from '../src/auth/authenticator';
 
 const users = new StaticUserAuthenticator([{ username: 'app', bcryptHash: bcrypt.hashSync('pw', 4) }]);
 const keys = (mode: 'ok' | 'down'): Authenticator => ({

@@ -9,9 +9,10 @@ import bcrypt from 'bcryptjs';
 import nodemailer from 'nodemailer';
 import type SMTPTransport from 'nodemailer/lib/smtp-transport';
 
-import { AuthUnavailableError, type Authenticator } from '../src/ingress/authenticator';
+import { AuthUnavailableError, type Authenticator } from '../src/auth/authenticator';
 import { type SmtpListener, type SmtpListenerOptions } from '../src/ingress/smtp-listener';
-import { StaticUserAuthenticator } from '../src/ingress/static-users';
+import { AuthFailureTracker, clientNetwork } from '../src/auth/auth-failures';
+import { StaticUserAuthenticator } from '../src/auth/static-users';
 import { MemorySpool } from './helpers/memory-spool';
 import { RawSmtpClient, testIngressConfig, testTls } from './helpers/smtp-client';
 import { startTestListener } from './helpers/ingress-listener';
@@ -153,7 +154,7 @@ describe('ingress AUTH with static users (client not trusted)', () => {
       assert.equal((await c.command('AUTH LOGIN')).code, 334);
       assert.equal((await c.command(Buffer.from('nobody').toString('base64'))).code, 334);
       assert.equal((await c.command(Buffer.from('x').toString('base64'))).code, 535);
-      // a success resets the counter for this address
+      // two failures so far, under the limit of 3: the right password is still accepted
       assert.equal((await c.command(`AUTH PLAIN ${plain('alice', 's3cret')}`)).code, 235);
     } finally {
       c.close();
@@ -188,6 +189,44 @@ describe('ingress AUTH lockout', () => {
       await e.command('EHLO client.test');
       assert.equal((await e.command(`AUTH PLAIN ${plain('alice', 's3cret')}`)).code, 235);
       e.close();
+    } finally {
+      await listener.close(1000);
+    }
+  });
+
+  it('counts failures per client address whatever succeeds in between (issue 8, defect 5)', async () => {
+    // Wrong guesses for alice interleaved with valid logins of bob, all from 127.0.0.1.
+    const bobUsers = [...users, { username: 'bob', bcryptHash: bcrypt.hashSync('b0b', 4) }];
+    const inner = new StaticUserAuthenticator(bobUsers);
+    let checks = 0;
+    const authenticator: Authenticator = {
+      authenticate: (u, p) => {
+        checks++;
+        return inner.authenticate(u, p);
+      },
+    };
+    const { listener, port } = await start(
+      { users: bobUsers, authMaxFailures: 3, allowInsecureAuth: true },
+      { authenticator },
+    );
+    const attempt = async (user: string, pass: string): Promise<number> => {
+      const c = await greeted(port);
+      try {
+        await c.command('EHLO client.test');
+        return (await c.command(`AUTH PLAIN ${plain(user, pass)}`)).code;
+      } finally {
+        c.close();
+      }
+    };
+    try {
+      const codes: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        codes.push(await attempt('alice', `guess${i}`));
+        codes.push(await attempt('bob', 'b0b'));
+      }
+      // guess, login, guess, login, third guess locks out; from then on even bob's valid login is refused
+      assert.deepEqual(codes, [535, 235, 535, 235, 421, 421, 421, 421]);
+      assert.equal(checks, 5, 'no password is checked while the address is locked out');
     } finally {
       await listener.close(1000);
     }
@@ -278,13 +317,33 @@ describe('ingress AUTH variants', () => {
       assert.equal((await c.command('MAIL FROM:<a@EXAMPLE.com>')).code, 250);
       assert.equal((await c.command('RCPT TO:<b@example.net>')).code, 250);
       assert.equal((await c.command('DATA')).code, 354);
-      const r = await c.command('Subject: t\r\n\r\nhello\r\n.');
+      const r = await c.command('From: a@example.com\r\nSubject: t\r\n\r\nhello\r\n.');
       assert.match(r.text, /^250 2\.0\.0 Ok: queued as /);
       assert.equal(spool.messages[0].reception.authUser, 'key:app');
       c.close();
     } finally {
       await listener.close(1000);
     }
+  });
+});
+
+describe('AuthFailureTracker', () => {
+  it('counts an IPv6 /64 as one client and IPv4-mapped IPv6 as the IPv4 address', () => {
+    assert.equal(clientNetwork('2001:db8:1:2::1'), '2001:db8:1:2::/64');
+    assert.equal(clientNetwork('[2001:db8:1:2:ffff:ffff:ffff:ffff]'), '2001:db8:1:2::/64');
+    assert.equal(clientNetwork('::ffff:192.0.2.7'), '192.0.2.7');
+    assert.equal(clientNetwork('fe80::1%eth0'), 'fe80::/64');
+
+    const t = new AuthFailureTracker({ maxFailures: 3, lockoutMs: 60_000 });
+    assert.equal(t.recordFailure('2001:db8:1:2::1'), false);
+    assert.equal(t.recordFailure('2001:db8:1:2::2'), false);
+    assert.equal(t.recordFailure('2001:db8:1:2:aaaa:bbbb:cccc:dddd'), true, 'third address of the /64 locks');
+    assert.ok(t.isLockedOut('2001:db8:1:2::99'));
+    assert.ok(!t.isLockedOut('2001:db8:1:3::1'), 'the next /64 is another client');
+    assert.equal(t.recordFailure('192.0.2.7'), false);
+    assert.equal(t.recordFailure('::ffff:192.0.2.7'), false);
+    assert.equal(t.recordFailure('192.0.2.7'), true);
+    assert.ok(!t.isLockedOut('192.0.2.8'), 'IPv4 counts per address');
   });
 });
 

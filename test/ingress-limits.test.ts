@@ -57,8 +57,7 @@ describe('ingress message size', () => {
 
   it('refuses MAIL FROM with SIZE= over the limit at once: 552 5.3.4', async () => {
     const r = await c.command(`MAIL FROM:<a@example.com> SIZE=${LIMIT + 1}`);
-    assert.equal(r.code, 552);
-    assert.match(r.text, /^552 5\.3\.4 /);
+    assert.equal(r.text, '552 5.3.4 Message size exceeds fixed maximum message size');
     assert.equal((await c.command(`MAIL FROM:<a@example.com> SIZE=${LIMIT}`)).code, 250);
     await c.command('RSET');
   });
@@ -100,6 +99,48 @@ describe('ingress message size', () => {
     c.write('.\r\n');
     assert.equal((await c.read(10_000)).code, 250);
     assert.equal(spool.messages.at(-1)?.body.length, LIMIT);
+  });
+});
+
+describe('ingress message size is counted as stored (after bare LF becomes CRLF)', () => {
+  const SMALL = 1000;
+  let listener: SmtpListener;
+  let spool: MemorySpool;
+  before(async () => {
+    spool = new MemorySpool();
+    ({ listener } = await startTestListener({ maxMessageSize: SMALL }, { spool }));
+  });
+  after(() => listener.close(1000));
+
+  async function send(body: string): Promise<string> {
+    const c = await RawSmtpClient.connect(listener.address().port);
+    try {
+      await c.read();
+      await c.command('EHLO client.test');
+      assert.equal((await c.command('MAIL FROM:<a@example.com>')).code, 250);
+      assert.equal((await c.command('RCPT TO:<b@example.net>')).code, 250);
+      assert.equal((await c.command('DATA')).code, 354);
+      c.write(`${body}\r\n.\r\n`);
+      return (await c.read(10_000)).text;
+    } finally {
+      c.close();
+    }
+  }
+
+  it('refuses a 994-byte bare-LF message over a 1000-byte limit (it would be stored as 1493): 552, nothing stored', async () => {
+    const before = spool.messages.length;
+    const body = 'a\n'.repeat(497); // 994 bytes sent, 497 × 3 + 2 = 1493 bytes once normalised
+    assert.equal(await send(body), '552 5.3.4 Message size exceeds fixed maximum message size');
+    assert.equal(spool.messages.length, before);
+  });
+
+  it('accepts a bare-LF message that is exactly the limit once normalised, refuses one byte more', async () => {
+    const exact = `${'a\n'.repeat(332)}bb`; // 996 + "bb\r\n" = 1000 bytes stored
+    assert.match(await send(exact), /^250 2\.0\.0 Ok: queued as /);
+    assert.equal(spool.messages.at(-1)?.body.length, SMALL);
+    const count = spool.messages.length;
+    assert.equal(await send(`${exact}b`), '552 5.3.4 Message size exceeds fixed maximum message size');
+    assert.equal(spool.messages.length, count);
   });
 });
 

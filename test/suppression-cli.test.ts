@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { runCli } from '../scripts/blocklist-cli';
 import { silentLogger } from '../src/observability/logger';
-import { ApiKeyAuthenticator } from '../src/policy/api-keys';
+import { ApiKeyAuthenticator } from '../src/auth/api-keys';
 import { SuppressionList } from '../src/policy/suppression-list';
 import { startDynalite, type Dynalite } from './helpers/dynalite';
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import nodemailer from 'nodemailer';
-import { hashApiKey } from '../src/policy/api-keys';
+import { hashApiKey } from '../src/auth/api-keys';
 import { startDynalite, type Dynalite } from './helpers/dynalite';
 import { startFakeSes, type FakeSes } from './helpers/fake-ses';
 import { markerOf, numberedMessage, relayClient } from './helpers/mail';

@@ -3,6 +3,7 @@
  */
 import { Counter, Gauge } from 'prom-client';
 import { METRIC_PREFIX, registry } from '../observability/metrics';
+import { smtpError, type ReplyKey, type SmtpReplyError } from '../replies';
 
 export const ingressMetrics = {
   messagesReceived: new Counter({
@@ -39,3 +40,9 @@ export const ingressMetrics = {
     registers: [registry],
   }),
 };
+
+/** A catalogue reply refusing something (what smtp-server sends for a handler error), counted by its key. */
+export function rejection(key: ReplyKey, detail?: string): SmtpReplyError {
+  ingressMetrics.rejections.inc({ reply: key });
+  return smtpError(key, detail);
+}

@@ -54,34 +54,62 @@ function normalizeChunk(chunk: Buffer, pendingCr: boolean): { parts: Buffer[]; p
   return { parts, pendingCr };
 }
 
+/** The normalised message would be larger than the limit (it fails the stream before its end). */
+export class MessageTooBigError extends Error {
+  constructor(readonly limit: number) {
+    super(`message exceeds the size limit of ${limit} bytes`);
+    this.name = 'MessageTooBigError';
+  }
+}
+
+export interface LineEndingNormalizerOptions extends TransformOptions {
+  /**
+   * Largest output in bytes (SMTP_MAX_MESSAGE_SIZE): the limit applies to what is stored, after bare LF
+   * and CR became CRLF, so a message of bare LFs cannot pass the limit and be stored at twice its size.
+   * Going over fails the stream with MessageTooBigError before it ends, so nothing over it is stored.
+   */
+  maxBytes?: number;
+}
+
 /** Converts bare LF and bare CR to CRLF; CRLF passes unchanged. Streaming: state spans chunks. */
 export class LineEndingNormalizer extends Transform {
   /** A CR was the last byte seen and we do not know yet whether an LF follows. */
   private pendingCr = false;
+  private readonly maxBytes: number;
   /** Bytes written out so far (the stored size). */
   bytesOut = 0;
 
-  constructor(options?: TransformOptions) {
-    super(options);
+  constructor(options: LineEndingNormalizerOptions = {}) {
+    const { maxBytes, ...transformOptions } = options;
+    super(transformOptions);
+    this.maxBytes = maxBytes ?? Infinity;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     const result = normalizeChunk(chunk, this.pendingCr);
     this.pendingCr = result.pendingCr;
     const out = result.parts.length === 1 ? result.parts[0] : Buffer.concat(result.parts);
-    this.bytesOut += out.length;
-    if (out.length) callback(null, out);
-    else callback();
+    this.emitCounted(out, callback);
   }
 
   override _flush(callback: TransformCallback): void {
     if (this.pendingCr) {
       this.pendingCr = false;
-      this.bytesOut += CRLF.length;
-      callback(null, CRLF);
+      this.emitCounted(CRLF, callback);
       return;
     }
     callback();
+  }
+
+  private emitCounted(out: Buffer, callback: TransformCallback): void {
+    // The bytes still pending (a CR at the end of the chunk) will be 2 more; they are counted when known.
+    if (this.bytesOut + out.length > this.maxBytes) {
+      callback(new MessageTooBigError(this.maxBytes));
+      return;
+    }
+    this.bytesOut += out.length;
+    if (out.length) callback(null, out);
+    else callback();
   }
 }
 

@@ -1,35 +1,36 @@
 /**
- * The SMTP listener (ingress): smtp-server in front of the spool.
+ * The SMTP listener (ingress): smtp-server in front of the spool, composed of
  *
- * - No open relay: with users (SMTP_USERS) or an authenticator (API keys), a client must AUTH before
- *   MAIL FROM unless it is in SMTP_TRUSTED_NETWORKS; with neither, only trusted networks may send.
- * - AUTH (PLAIN, LOGIN) is only advertised and accepted where it is usable: over TLS (STARTTLS or
- *   implicit TLS), from a trusted network, or with SMTP_ALLOW_INSECURE_AUTH. Failed AUTH attempts are
- *   slowed down and counted per client address; too many lock the address out for a while.
- * - 250 is sent only after `spool.store` resolved (durable); the body is streamed, never buffered
- *   whole, normalised to CRLF line endings (see line-endings.ts for the smuggling rule) and cut off
- *   at SMTP_MAX_MESSAGE_SIZE (the rest is drained and discarded, then 552).
- * - close(graceMs) lets transactions in DATA finish, answers everything else with 421 4.3.2.
+ * - session-policy.ts: who may AUTH, MAIL and RCPT, the envelope checks, the AUTH failure lockout;
+ * - message-receiver.ts: DATA streamed into the spool (normalisation, size, header check, 250 after fsync);
+ * - smtp-server-internals.ts: every touch of smtp-server's private API (connections, replies, raw sockets,
+ *   the greeting delay), checked against the pinned version at start.
  *
- * Replies come from the catalogue in src/replies.ts. smtp-server answers protocol errors (syntax,
- * command sequence) by itself; ENHANCEDSTATUSCODES is advertised and smtp-server adds RFC 3463 codes
- * to its own replies, while ours carry the catalogue's code in their text.
+ * This file wires them to smtp-server's options and handlers, keeps the sessions gauge, and shuts down:
+ * close(graceMs) lets transactions in DATA finish and answers everything else with 421 4.3.2.
+ *
+ * Replies come from the catalogue in src/replies.ts. smtp-server answers protocol errors (syntax, command
+ * sequence) by itself; ENHANCEDSTATUSCODES is advertised and smtp-server adds RFC 3463 codes to its own
+ * replies, while ours carry the catalogue's code in their text.
  */
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { SMTPServer } from 'smtp-server';
-import type { SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import type { Authenticator } from '../auth/authenticator';
 import type { IngressConfig } from '../config';
 import type { Logger } from '../observability/logger';
-import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
-import { REPLIES, smtpError, type ReplyKey, type SmtpReplyError } from '../replies';
-import { SpoolWriteError, type Spool } from '../spool/spool';
-import type { Envelope } from '../types';
-import { checkAddress, domainOf } from './address-syntax';
-import { AuthUnavailableError, type AuthenticatedUser, type Authenticator } from './authenticator';
-import { AuthFailureTracker, TrustedNetworks } from './client-access';
-import { ingressMetrics } from './ingress-metrics';
-import { LineEndingNormalizer } from './line-endings';
-import { StaticUserAuthenticator } from './static-users';
+import type { RecipientPolicy } from '../policy/policy';
+import { REPLIES } from '../replies';
+import type { Spool } from '../spool/spool';
+import { ingressMetrics, rejection } from './ingress-metrics';
+import { MessageReceiver } from './message-receiver';
+import { SessionPolicy } from './session-policy';
+import {
+  SmtpServerInternals,
+  verifySmtpServerInternals,
+  type Reply,
+  type SessionConnection,
+} from './smtp-server-internals';
 
 export interface SmtpListenerOptions {
   config: IngressConfig;
@@ -49,159 +50,148 @@ export interface SmtpListener {
   address(): AddressInfo;
   readonly listening: boolean;
   activeSessions(): number;
+  /** Raw TCP sockets the listener still holds (open sessions and TLS handshakes in progress). */
+  openSockets(): number;
 }
 
 /** The name in the greeting banner: `220 <SERVER_FQDN> ESMTP ses-email-service`. */
 export const BANNER = 'ses-email-service';
 
-const DEFAULT_AUTH_FAILURE_DELAY_MS = 1000;
 /** Hard cap on raw TCP connections (beyond SMTP_MAX_CLIENTS, which get a 421): dropped silently. */
 const CONNECTION_HEADROOM = 64;
 /** A reply text that already starts with an RFC 3463 code (ours always do). */
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
-/** The parts of smtp-server's SMTPConnection we rely on (3.21). */
-interface ConnectionInternals {
-  id: string;
-  session: SMTPServerSession;
-  send(code: number, data?: string | string[] | null, context?: string | false): void;
-  close(): void;
-  handler_EHLO(command: Buffer, callback: () => void): void;
-  handler_AUTH(command: Buffer, callback: () => void): void;
-}
-
-interface SessionState {
-  /** Client address is in SMTP_TRUSTED_NETWORKS. */
-  trusted: boolean;
-  /** A DATA transaction is being received/stored; close() lets it finish. */
-  inData: boolean;
-  /** Counted in the sessions gauge. */
-  counted: boolean;
-  connection?: ConnectionInternals;
-}
-
-class MessageTooBigError extends Error {
-  constructor() {
-    super('message exceeds the size limit');
-    this.name = 'MessageTooBigError';
-  }
-}
-
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
-function replyText(key: ReplyKey, detail?: string): string {
-  const r = REPLIES[key];
-  return `${r.enhanced} ${r.text}${detail ? ` ${detail}` : ''}`;
+/** Counted in the sessions gauge (decremented once in onClose). */
+const COUNTED = new WeakSet<SMTPServerSession>();
+
+/**
+ * Every reply passes here (smtp-server-internals.ts routes them): ours keep their own enhanced code; smtp-server's
+ * SIZE= refusal and the 500 for an AUTH hidden in this session become catalogue replies; the rest is counted.
+ */
+function replyRewriter(policy: SessionPolicy): (session: SMTPServerSession, reply: Reply) => Reply {
+  return (session, reply) => {
+    const { code, data } = reply;
+    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) return { ...reply, context: false };
+    let replacement = code === 552 ? rejection('messageTooBig') : undefined;
+    if (code === 500 && reply.context === 'AUTH') replacement = policy.authCommandRefusal(session);
+    if (replacement) return { code: replacement.responseCode, data: replacement.message, context: false };
+    if (code >= 400) ingressMetrics.rejections.inc({ reply: `smtp_${code}` });
+    return reply;
+  };
 }
 
 export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
-  const { config, spool, policy } = options;
+  // Before anything else: one clear line if the installed smtp-server is not the one the internals know.
+  verifySmtpServerInternals();
+  const { config } = options;
   const log = options.logger.child({ component: 'ingress' });
-  const authenticator =
-    options.authenticator ?? (config.users.length ? new StaticUserAuthenticator(config.users) : undefined);
-  const rejectSuppressed = !!(options.rejectSuppressed && policy);
-  const authFailureDelayMs = options.authFailureDelayMs ?? DEFAULT_AUTH_FAILURE_DELAY_MS;
-  const trustedNetworks = new TrustedNetworks(config.trustedNetworks);
-  const authFailures = new AuthFailureTracker({
-    maxFailures: config.authMaxFailures,
-    lockoutMs: config.authLockoutMs,
-  });
-  const states = new WeakMap<SMTPServerSession, SessionState>();
-  const rawSockets = new Set<Socket>();
   let closing = false;
   let closePromise: Promise<void> | undefined;
+  const policy = new SessionPolicy({
+    config,
+    authenticator: options.authenticator,
+    recipientPolicy: options.policy,
+    rejectSuppressed: options.rejectSuppressed,
+    logger: log,
+    authFailureDelayMs: options.authFailureDelayMs,
+    closing: () => closing,
+  });
+  const receiver = new MessageReceiver({
+    config,
+    spool: options.spool,
+    policy,
+    logger: log,
+    afterReply(session, stream) {
+      // Shutting down: the transaction that was let finish is answered; now the session ends.
+      const conn = closing ? internals.connectionOf(session) : undefined;
+      if (!conn) return;
+      const after = (): void => void setImmediate(() => shutDown(conn));
+      if (stream.readableEnded || stream.destroyed) after();
+      else stream.once('end', after);
+    },
+  });
 
-  const starttls = !!config.tls && !config.implicitTls;
-  const disabledCommands: string[] = [];
-  if (!authenticator) disabledCommands.push('AUTH');
-  if (!starttls) disabledCommands.push('STARTTLS');
-
-  function reject(key: ReplyKey, detail?: string): SmtpReplyError {
-    ingressMetrics.rejections.inc({ reply: key });
-    return smtpError(key, detail);
+  const smtp = new SMTPServer(serverOptions(config, policy, receiver, () => closing, internalsOf, log));
+  const internals = new SmtpServerInternals(smtp, {
+    greetingDelayMs: config.greetingDelayMs,
+    rewriteReply: replyRewriter(policy),
+  });
+  function internalsOf(): SmtpServerInternals {
+    return internals;
   }
+  smtp.server.maxConnections = config.maxClients + CONNECTION_HEADROOM;
+  smtp.on('error', (err: Error & { code?: string }) => {
+    log.debug({ event: 'smtp:error', code: err.code, err: err.message }, 'SMTP connection error');
+  });
 
-  function stateOf(session: SMTPServerSession): SessionState {
-    let s = states.get(session);
-    if (!s) {
-      s = { trusted: trustedNetworks.contains(session.remoteAddress), inData: false, counted: false };
-      states.set(session, s);
-    }
-    return s;
+  return {
+    listen: () => listen(smtp, config, policy, log),
+    close(graceMs: number) {
+      closing = true;
+      closePromise ??= drainAndClose(smtp, internals, receiver, graceMs);
+      return closePromise;
+    },
+    address: () => smtp.server.address() as AddressInfo,
+    get listening() {
+      return smtp.server.listening;
+    },
+    activeSessions: () => smtp.connections.size,
+    openSockets: () => internals.openSockets,
+  };
+}
+
+/** 421 4.3.2 and close (smtp-server closes the connection after any 421), once, while it is open. */
+function shutDown(conn: SessionConnection): void {
+  if (!conn.open) return;
+  ingressMetrics.rejections.inc({ reply: 'shuttingDown' });
+  const r = REPLIES.shuttingDown;
+  conn.reply(r.code, `${r.enhanced} ${r.text}`);
+}
+
+/** Shutdown: 421 to idle sessions, transactions in DATA finish within graceMs, then everything is closed. */
+async function drainAndClose(
+  smtp: SMTPServer,
+  internals: SmtpServerInternals,
+  receiver: MessageReceiver,
+  graceMs: number,
+): Promise<void> {
+  for (const conn of internals.connections()) {
+    if (!receiver.isReceiving(conn.session)) shutDown(conn);
   }
+  const deadline = Date.now() + Math.max(0, graceMs);
+  while (smtp.connections.size > 0 && Date.now() < deadline) await sleep(20);
+  for (const conn of internals.connections()) shutDown(conn);
+  // Give the 421s a moment to be flushed, then drop whatever is left.
+  const flushDeadline = Date.now() + 200;
+  while (internals.openSockets > 0 && Date.now() < flushDeadline) await sleep(10);
+  await new Promise<void>((resolve) => {
+    smtp.close(() => resolve());
+    internals.destroySockets();
+  });
+}
 
-  function authUsable(session: SMTPServerSession): boolean {
-    if (!authenticator) return false;
-    return !!session.secure || stateOf(session).trusted || config.allowInsecureAuth;
-  }
-
-  function userOf(session: SMTPServerSession): AuthenticatedUser | undefined {
-    return session.user ? (session.user as AuthenticatedUser) : undefined;
-  }
-
-  function connections(): ConnectionInternals[] {
-    return [...(smtp.connections as Set<unknown>)] as ConnectionInternals[];
-  }
-
-  /** 421 4.3.2 and close (smtp-server closes the connection after any 421). */
-  function shutDown(conn: ConnectionInternals): void {
-    ingressMetrics.rejections.inc({ reply: 'shuttingDown' });
-    conn.send(REPLIES.shuttingDown.code, replyText('shuttingDown'), false);
-  }
-
-  /**
-   * Per-connection adjustments smtp-server has no option for:
-   * - replies whose text already carries an enhanced status code get no second one;
-   * - EHLO hides AUTH when it is not usable in this session (plaintext, untrusted);
-   * - AUTH is refused before any credentials are read when not usable (538) or locked out (421).
-   */
-  function adjustConnection(conn: ConnectionInternals): void {
-    const send = conn.send.bind(conn);
-    conn.send = (code, data, context) => {
-      const own = typeof data === 'string' && ENHANCED_PREFIX.test(data);
-      if (code >= 400 && !own) ingressMetrics.rejections.inc({ reply: `smtp_${code}` });
-      send(code, data, own ? false : context);
-    };
-    const ehlo = conn.handler_EHLO;
-    conn.handler_EHLO = (command, callback) => {
-      const session = conn.session;
-      const saved = session.disabledCommands;
-      if (!authUsable(session)) session.disabledCommands = [...disabledCommands, 'AUTH'];
-      try {
-        ehlo.call(conn, command, callback);
-      } finally {
-        session.disabledCommands = saved;
-      }
-    };
-    const auth = conn.handler_AUTH;
-    conn.handler_AUTH = (command, callback) => {
-      const session = conn.session;
-      if (!session.user && authFailures.isLockedOut(session.remoteAddress)) {
-        ingressMetrics.authFailures.inc();
-        const err = reject('authLockedOut');
-        conn.send(err.responseCode, err.message);
-        return callback();
-      }
-      if (!session.user && !authUsable(session)) {
-        const err = reject('encryptionRequired');
-        conn.send(err.responseCode, err.message);
-        return callback();
-      }
-      auth.call(conn, command, callback);
-    };
-  }
-
-  const serverOptions: SMTPServerOptions = {
+function serverOptions(
+  config: IngressConfig,
+  policy: SessionPolicy,
+  receiver: MessageReceiver,
+  closing: () => boolean,
+  internals: () => SmtpServerInternals,
+  log: Logger,
+): SMTPServerOptions {
+  return {
     name: config.serverName,
     banner: BANNER,
     heloResponse: '%s Hello %s',
     secure: config.implicitTls,
     key: config.tls?.key,
     cert: config.tls?.cert,
-    hideSTARTTLS: !starttls,
-    disabledCommands,
+    hideSTARTTLS: !policy.starttls,
+    disabledCommands: policy.serverDisabledCommands,
     authMethods: ['PLAIN', 'LOGIN'],
     // We decide ourselves who must AUTH (trusted networks need not) and where AUTH is allowed.
     authOptional: true,
@@ -217,284 +207,59 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     logger: false,
 
     onConnect(session, callback) {
-      const state = stateOf(session);
-      const conn = connections().find((c) => c.id === session.id);
-      if (conn) {
-        state.connection = conn;
-        adjustConnection(conn);
-      } else {
-        log.warn({ event: 'ingress:internals' }, 'smtp-server connection not found; reply adjustments off');
+      if (!internals().adopt(session)) {
+        // Not expected: verifySmtpServerInternals() checked the lookup at start.
+        log.error({ event: 'ingress:internals' }, 'smtp-server connection not found; reply adjustments off');
       }
-      if (closing) return callback(reject('shuttingDown'));
-      if (smtp.connections.size > config.maxClients) return callback(reject('tooManyConnections'));
-      state.counted = true;
+      // smtp-server's public per-session option: hides AUTH from EHLO where it is not usable.
+      session.disabledCommands = policy.disabledCommands(session);
+      if (closing()) return callback(rejection('shuttingDown'));
+      if (internals().connectionCount > config.maxClients) {
+        return callback(rejection('tooManyConnections'));
+      }
+      COUNTED.add(session);
       ingressMetrics.sessions.inc();
       callback();
     },
-
-    onClose(session) {
-      const state = states.get(session);
-      if (state?.counted) {
-        state.counted = false;
-        ingressMetrics.sessions.dec();
-      }
-    },
-
-    onAuth(auth, session, callback) {
-      const client = session.remoteAddress;
-      if (!authenticator) return callback(reject('authInvalid'));
-      if (authFailures.isLockedOut(client)) {
-        ingressMetrics.authFailures.inc();
-        return callback(reject('authLockedOut'));
-      }
-      if (!authUsable(session)) return callback(reject('encryptionRequired'));
-      const username = auth.username ?? '';
-      authenticator.authenticate(username, auth.password ?? '').then(
-        async (user) => {
-          if (user) {
-            authFailures.recordSuccess(client);
-            log.info({ event: 'auth:accepted', client, user: user.user }, 'AUTH accepted');
-            return callback(null, { user });
-          }
-          ingressMetrics.authFailures.inc();
-          const locked = authFailures.recordFailure(client);
-          log.warn(
-            { event: locked ? 'auth:locked-out' : 'auth:failed', client, user: username },
-            locked ? 'AUTH failed; client address locked out' : 'AUTH failed',
-          );
-          await sleep(authFailureDelayMs);
-          callback(reject(locked ? 'authLockedOut' : 'authInvalid'));
-        },
-        (err: unknown) => {
-          if (!(err instanceof AuthUnavailableError)) {
-            log.error({ event: 'auth:error', client, err }, 'authenticator failed');
-          } else {
-            log.warn({ event: 'auth:unavailable', client, err: err.message }, 'authenticator unavailable');
-          }
-          callback(reject('authUnavailable'));
-        },
-      );
-    },
-
-    onMailFrom(address, session, callback) {
-      const state = stateOf(session);
-      if (closing) return callback(reject('shuttingDown'));
-      const user = userOf(session);
-      if (!user && !state.trusted) return callback(reject(authenticator ? 'authRequired' : 'relayDenied'));
-      const check = checkAddress(address.address, 'sender');
-      if (!check.ok) return callback(reject('badSenderSyntax', check.reason));
-      if (user?.allowedFromDomains) {
-        const domain = domainOf(check.address);
-        if (!domain || !user.allowedFromDomains.includes(domain)) return callback(reject('senderNotAllowed'));
-      }
+    onSecure(_socket, session, callback) {
+      // After STARTTLS AUTH becomes usable.
+      session.disabledCommands = policy.disabledCommands(session);
       callback();
     },
-
-    onRcptTo(address, session, callback) {
-      if (closing) return callback(reject('shuttingDown'));
-      const check = checkAddress(address.address, 'recipient');
-      if (!check.ok) return callback(reject('badRecipientSyntax', check.reason));
-      const rcpts = session.envelope.rcptTo;
-      if (rcpts.length >= config.maxRecipients) {
-        const key = address.address.toLowerCase();
-        // A repeated recipient replaces the earlier one (smtp-server), so it does not count.
-        if (!rcpts.some((r) => r.address.toLowerCase() === key)) return callback(reject('tooManyRecipients'));
-      }
-      if (!rejectSuppressed || !policy) return callback();
-      policy.check([check.address]).then(
-        (decision) => callback(decision.suppressed.length ? reject('recipientSuppressed') : undefined),
-        (err: unknown) => {
-          if (!(err instanceof PolicyUnavailableError))
-            log.error({ event: 'policy:error', err }, 'policy failed');
-          callback(reject('policyUnavailable'));
-        },
-      );
+    onClose(session) {
+      internals().release(session);
+      if (COUNTED.delete(session)) ingressMetrics.sessions.dec();
     },
-
-    onData(stream, session, callback) {
-      receiveMessage(stream, session, callback);
-    },
+    onAuth: (auth, session, callback) => policy.onAuth(auth, session, callback),
+    onMailFrom: (address, session, callback) => policy.onMailFrom(address, session, callback),
+    onRcptTo: (address, session, callback) => policy.onRcptTo(address, session, callback),
+    onData: (stream, session, callback) => receiver.receive(stream, session, callback),
   };
+}
 
-  function envelopeOf(session: SMTPServerSession): Envelope {
-    const from = session.envelope.mailFrom;
-    const sender = from ? checkAddress(from.address, 'sender') : undefined;
-    const seen = new Set<string>();
-    const recipients: string[] = [];
-    for (const r of session.envelope.rcptTo) {
-      const c = checkAddress(r.address, 'recipient');
-      const address = c.ok ? c.address : r.address;
-      const key = address.toLowerCase();
-      if (seen.has(key)) continue;
-      seen.add(key);
-      recipients.push(address);
-    }
-    return { mailFrom: sender?.ok ? sender.address : '', recipients };
-  }
-
-  function receiveMessage(
-    stream: SMTPServerDataStream,
-    session: SMTPServerSession,
-    callback: (err?: Error | null, message?: string) => void,
-  ): void {
-    const state = stateOf(session);
-    state.inData = true;
-    const envelope = envelopeOf(session);
-    const user = userOf(session);
-    const client = session.remoteAddress;
-    const body = new LineEndingNormalizer();
-    // The spool sees a destroyed body through its own reading; this listener only keeps an error on a
-    // body the spool no longer reads (it already gave up) from becoming an uncaught exception.
-    body.on('error', () => {});
-    let received = 0;
-    let tooBig = false;
-    let aborted = false;
-
-    // Stop storing: the spool sees the error and keeps nothing. The rest of the DATA is still read
-    // (and discarded) so that the reply comes after the client's end-of-data, never in between.
-    const abort = (err: Error): void => {
-      if (aborted) return;
-      aborted = true;
-      stream.unpipe(body);
-      body.destroy(err);
-      stream.resume();
-      setImmediate(() => stream.resume());
+function listen(smtp: SMTPServer, config: IngressConfig, policy: SessionPolicy, log: Logger): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      smtp.server.off('listening', onListening);
+      reject(err);
     };
-    stream.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      if (received > config.maxMessageSize && !tooBig) {
-        tooBig = true;
-        abort(new MessageTooBigError());
-      }
-    });
-    stream.on('error', (err) => abort(err));
-    stream.pipe(body);
-
-    let answered = false;
-    const finish = (err: Error | null, message?: string): void => {
-      if (answered) return;
-      answered = true;
-      state.inData = false;
-      callback(err, message);
-      if (closing && state.connection) {
-        const conn = state.connection;
-        const after = (): void => void setImmediate(() => shutDown(conn));
-        if (stream.readableEnded || stream.destroyed) after();
-        else stream.once('end', after);
-      }
-    };
-
-    spool
-      .store(envelope, body, {
-        clientAddress: client,
-        heloName: session.hostNameAppearsAs || undefined,
-        authUser: user?.user,
-      })
-      .then(
-        (queueId) => {
-          if (tooBig) return finish(reject('messageTooBig'));
-          ingressMetrics.messagesReceived.inc();
-          ingressMetrics.recipientsReceived.inc(envelope.recipients.length);
-          ingressMetrics.receivedBytes.inc(body.bytesOut);
-          log.info(
-            {
-              event: 'message:accepted',
-              queueId,
-              from: envelope.mailFrom,
-              rcpts: envelope.recipients.length,
-              size: body.bytesOut,
-              client,
-              user: user?.user,
-            },
-            'message accepted',
-          );
-          finish(null, `${replyText('queued')} ${queueId}`);
+    const onListening = (): void => {
+      smtp.server.off('error', onError);
+      const a = smtp.server.address() as AddressInfo;
+      log.info(
+        {
+          event: 'ingress:listening',
+          host: a.address,
+          port: a.port,
+          tls: config.implicitTls ? 'implicit' : policy.starttls ? 'starttls' : 'none',
+          auth: !!policy.authenticator,
         },
-        (err: unknown) => {
-          abort(err instanceof Error ? err : new Error(String(err)));
-          if (tooBig) {
-            log.info(
-              { event: 'message:too-big', client, received, limit: config.maxMessageSize },
-              'rejected',
-            );
-            return finish(reject('messageTooBig'));
-          }
-          if (!(err instanceof SpoolWriteError)) {
-            log.error({ event: 'spool:error', client, err }, 'spool store failed unexpectedly');
-          } else {
-            log.error({ event: 'spool:write-failed', client, err: err.message }, 'spool store failed');
-          }
-          finish(reject('spoolUnavailable'));
-        },
+        'SMTP listener ready',
       );
-  }
-
-  const smtp = new SMTPServer(serverOptions);
-  smtp.server.maxConnections = config.maxClients + CONNECTION_HEADROOM;
-  smtp.server.on('connection', (socket: Socket) => {
-    rawSockets.add(socket);
-    socket.once('close', () => rawSockets.delete(socket));
+      resolve();
+    };
+    smtp.server.once('error', onError);
+    smtp.server.once('listening', onListening);
+    smtp.listen(config.port, config.host);
   });
-  smtp.on('error', (err: Error & { code?: string }) => {
-    log.debug({ event: 'smtp:error', code: err.code, err: err.message }, 'SMTP connection error');
-  });
-
-  async function closeNow(graceMs: number): Promise<void> {
-    closing = true;
-    for (const conn of connections()) {
-      if (!states.get(conn.session)?.inData) shutDown(conn);
-    }
-    const deadline = Date.now() + Math.max(0, graceMs);
-    while (smtp.connections.size > 0 && Date.now() < deadline) await sleep(20);
-    for (const conn of connections()) shutDown(conn);
-    // Give the 421s a moment to be flushed, then drop whatever is left.
-    const flushDeadline = Date.now() + 200;
-    while (rawSockets.size > 0 && Date.now() < flushDeadline) await sleep(10);
-    await new Promise<void>((resolve) => {
-      smtp.close(() => resolve());
-      for (const socket of rawSockets) socket.destroy();
-    });
-  }
-
-  return {
-    listen() {
-      return new Promise<void>((resolve, reject) => {
-        const onError = (err: Error): void => {
-          smtp.server.off('listening', onListening);
-          reject(err);
-        };
-        const onListening = (): void => {
-          smtp.server.off('error', onError);
-          const a = smtp.server.address() as AddressInfo;
-          log.info(
-            {
-              event: 'ingress:listening',
-              host: a.address,
-              port: a.port,
-              tls: config.implicitTls ? 'implicit' : starttls ? 'starttls' : 'none',
-              auth: !!authenticator,
-            },
-            'SMTP listener ready',
-          );
-          resolve();
-        };
-        smtp.server.once('error', onError);
-        smtp.server.once('listening', onListening);
-        smtp.listen(config.port, config.host);
-      });
-    },
-    close(graceMs: number) {
-      closePromise ??= closeNow(graceMs);
-      return closePromise;
-    },
-    address() {
-      return smtp.server.address() as AddressInfo;
-    },
-    get listening() {
-      return smtp.server.listening;
-    },
-    activeSessions() {
-      return smtp.connections.size;
-    },
-  };
 }

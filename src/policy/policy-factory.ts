@@ -3,9 +3,9 @@
  * and the API-key authenticator (USE_APIKEY), sharing one DynamoDB client that close() destroys.
  */
 import type { PolicyConfig } from '../config';
-import type { Authenticator } from '../ingress/authenticator';
+import { ApiKeyAuthenticator } from '../auth/api-keys';
+import type { Authenticator } from '../auth/authenticator';
 import type { Logger } from '../observability/logger';
-import { ApiKeyAuthenticator } from './api-keys';
 import { createDynamoDbClient, type DynamoDbClientOptions } from './dynamodb-client';
 import { allowAll, type RecipientPolicy } from './policy';
 import { SuppressionList } from './suppression-list';

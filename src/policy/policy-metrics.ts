@@ -1,6 +1,6 @@
 /**
- * Metrics of the suppression list and the API-key table, on the shared registry. Counters count DynamoDB
- * requests and recipients, so `lookups / messages` is the DynamoDB cost per message.
+ * Metrics of the suppression list, on the shared registry (the API-key table's are in src/auth/auth-metrics.ts).
+ * Counters count DynamoDB requests and recipients, so `lookups / messages` is the DynamoDB cost per message.
  */
 import { Counter, Gauge, Histogram } from 'prom-client';
 import { METRIC_PREFIX, registry } from '../observability/metrics';
@@ -45,18 +45,5 @@ export const suppressionLookupSeconds = new Histogram({
 export const suppressionAvailable = new Gauge({
   name: `${METRIC_PREFIX}suppression_available`,
   help: '1 while the suppression table answers, 0 after a failed lookup until the next success.',
-  registers: [registry],
-});
-
-export const apiKeyLookups = new Counter({
-  name: `${METRIC_PREFIX}apikey_lookups_total`,
-  help: 'GetItem requests sent to the API-key table, by result (accepted, refused, error).',
-  labelNames: ['result'] as const,
-  registers: [registry],
-});
-
-export const apiKeyCacheHits = new Counter({
-  name: `${METRIC_PREFIX}apikey_cache_hits_total`,
-  help: 'AUTH attempts answered from the API-key cache (positive or negative).',
   registers: [registry],
 });

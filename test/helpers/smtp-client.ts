@@ -48,16 +48,17 @@ export class RawSmtpClient {
     for (const f of w) f();
   }
 
-  /** Connects (plain, or implicit TLS with `tls` options). Does not read the greeting. */
+  /** Connects (plain, or implicit TLS with `tls` options; from `localAddress` if given). Does not read the greeting. */
   static connect(
     port: number,
-    options: { tls?: tls.ConnectionOptions; host?: string } = {},
+    options: { tls?: tls.ConnectionOptions; host?: string; localAddress?: string } = {},
   ): Promise<RawSmtpClient> {
     const host = options.host ?? '127.0.0.1';
+    const from = options.localAddress ? { localAddress: options.localAddress } : {};
     return new Promise((resolve, reject) => {
       const socket = options.tls
-        ? tls.connect({ host, port, ...options.tls }, () => resolve(new RawSmtpClient(socket)))
-        : net.connect({ host, port }, () => resolve(new RawSmtpClient(socket)));
+        ? tls.connect({ host, port, ...from, ...options.tls }, () => resolve(new RawSmtpClient(socket)))
+        : net.connect({ host, port, ...from }, () => resolve(new RawSmtpClient(socket)));
       socket.once('error', reject);
     });
   }

@@ -2,6 +2,16 @@
  * Who may AUTH. Static users (bcrypt hashes from SMTP_USERS) and API keys (DynamoDB, USE_APIKEY)
  * implement this; the SMTP listener only asks it.
  */
+import { createHash } from 'node:crypto';
+
+/**
+ * What logs show of a user name that is not authenticated (yet): the first 12 hex digits of its SHA-256.
+ * Clients type API keys and passwords into the user field; a hash lets an operator correlate attempts
+ * (`printf %s alice | sha256sum | cut -c1-12`) without the logs holding the value.
+ */
+export function userNameHash(username: string): string {
+  return createHash('sha256').update(username, 'utf8').digest('hex').slice(0, 12);
+}
 
 export class AuthUnavailableError extends Error {
   constructor(

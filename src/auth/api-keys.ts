@@ -16,9 +16,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { GetItemCommand, type AttributeValue, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { LRUCache } from 'lru-cache';
-import { AuthUnavailableError, type AuthenticatedUser, type Authenticator } from '../ingress/authenticator';
+import {
+  AuthUnavailableError,
+  userNameHash,
+  type AuthenticatedUser,
+  type Authenticator,
+} from './authenticator';
 import type { Logger } from '../observability/logger';
-import { apiKeyCacheHits, apiKeyLookups } from './policy-metrics';
+import { apiKeyCacheHits, apiKeyLookups } from './auth-metrics';
 
 export const API_KEY_HASH_ATTRIBUTE = 'api_key_hash';
 
@@ -124,13 +129,19 @@ export class ApiKeyAuthenticator implements Authenticator {
       };
     }
     apiKeyLookups.inc({ result: user ? 'accepted' : 'refused' });
+    // The user name is logged as a hash (it may be a key typed into the wrong field); the key's hash prefix
+    // only for a key that is in the table (disabled): for an unknown one it would be a hash of whatever was
+    // typed as the password, static passwords included.
+    const userHash = userNameHash(username);
     if (!user) {
       this.logger.info(
-        { username, keyHashPrefix: hash.slice(0, 8), reason: parsed ? 'disabled' : 'unknown' },
+        parsed
+          ? { userHash, keyHashPrefix: hash.slice(0, 8), reason: 'disabled' }
+          : { userHash, reason: 'unknown' },
         'API key refused',
       );
     } else if (username && parsed?.name && username !== parsed.name) {
-      this.logger.debug({ username, key: parsed.name }, 'API key used with another username (label only)');
+      this.logger.debug({ userHash, key: parsed.name }, 'API key used with another username (label only)');
     }
     this.cache?.set(hash, { user });
     return user && { ...user };
