@@ -133,3 +133,28 @@ export function parseReception(row: Pick<MessageRow, 'reception' | 'received_at'
   if (stored.authUser !== undefined) reception.authUser = stored.authUser;
   return reception;
 }
+
+/**
+ * Ordered groups (`storeGroup`): `messages.after_id` names the message that must leave the pending set
+ * before this one may be leased. The column came after the first schema, so `migrateGroupSchema` adds it
+ * in place to an existing database (`ALTER TABLE ... ADD COLUMN`, a metadata-only change in SQLite) and
+ * is a no-op once it is there. NULL for every message stored with `store`.
+ */
+export function migrateGroupSchema(db: Database.Database): void {
+  const columns = db.prepare(`PRAGMA table_info(messages)`).all() as Array<{ name: string }>;
+  if (!columns.some((c) => c.name === 'after_id')) db.exec(`ALTER TABLE messages ADD COLUMN after_id TEXT`);
+}
+
+/** A message whose predecessor is still pending (two primary-key lookups). */
+export const BLOCKED_SQL = `SELECT 1 FROM messages AS m JOIN messages AS p ON p.id = m.after_id
+  WHERE m.id = ? AND p.state = 'pending'`;
+
+export type GroupStatements = ReturnType<typeof prepareGroupStatements>;
+
+export function prepareGroupStatements(db: Database.Database) {
+  return {
+    setAfter: db.prepare(`UPDATE messages SET after_id = ? WHERE id = ?`),
+    blocked: db.prepare(BLOCKED_SQL),
+    reception: db.prepare(`SELECT reception FROM messages WHERE id = ?`),
+  };
+}

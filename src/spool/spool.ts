@@ -12,6 +12,11 @@
  *   suppressed or expired leave the pending set; deferred ones stay pending until `retryAt`.
  *   A message with no pending recipients is finished: removed when nothing failed, otherwise kept in
  *   state `failed` (with reasons) for inspection until the retention time passes.
+ * - `storeGroup` (OrderedGroupSpool) stores several messages in ONE commit: it resolves with their ids,
+ *   in order, only once all of them are durable (fsync), and on failure rejects with SpoolWriteError
+ *   and keeps none of them. The messages are delivered in order: message i+1 is not leased while
+ *   message i is still pending (queued, leased or deferred); once i is delivered, suppressed or failed,
+ *   i+1 is due. A restart keeps both rules (the link is stored with the message).
  */
 import type { Readable } from 'node:stream';
 import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
@@ -66,6 +71,23 @@ export interface FailedMessage {
   reception: Reception;
   outcomes: RecipientOutcome[];
   finishedAt: number;
+}
+
+/** One message of a group stored with `storeGroup`. */
+export interface GroupMessage {
+  envelope: Envelope;
+  body: Readable;
+  reception: Omit<Reception, 'receivedAt'>;
+  /** Name of the upstream this message must leave through (see `routeOf`); absent: the default one. */
+  route?: string;
+}
+
+/** Several messages stored in one commit and delivered one after the other (the autoresponder's replies). */
+export interface OrderedGroupSpool {
+  /** Consume every body, store all messages in ONE commit; resolves with their ids (in order) after fsync. */
+  storeGroup(messages: GroupMessage[]): Promise<MessageId[]>;
+  /** The route stored with a message by `storeGroup`, or undefined. */
+  routeOf(id: MessageId): string | undefined;
 }
 
 export interface Spool {

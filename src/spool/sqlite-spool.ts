@@ -17,6 +17,9 @@
  *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
  *   no row, which `open()` removes (as it removes `.tmp` leftovers).
  * - Leases live in memory: after a restart every unfinished message is due again (at-least-once).
+ * - Ordered groups (`storeGroup`, the autoresponder's replies to one request): all messages of a group
+ *   are inserted by ONE operation of one group commit, each linked to its predecessor by `after_id`;
+ *   `lease` and `nextDueAt` skip a message whose predecessor is still pending.
  * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
  *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
  */
@@ -31,10 +34,14 @@ import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } f
 import { bodyFilePath, fsyncDir, readBody, removeQuietly, writeAll, type ReadBody } from './body-files';
 import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
 import { isQueueId, newQueueId } from './queue-id';
+import { insertGroup, type GroupMember } from './spool-group';
 import {
   SCHEMA,
+  migrateGroupSchema,
   parseReception,
+  prepareGroupStatements,
   prepareStatements,
+  type GroupStatements,
   type MessageRow,
   type RecipientRow,
   type SpoolStatements,
@@ -43,6 +50,8 @@ import { spoolWriteErrors } from './spool-metrics';
 import {
   SpoolWriteError,
   type FailedMessage,
+  type GroupMessage,
+  type OrderedGroupSpool,
   type QueuedMessage,
   type SettleOptions,
   type Spool,
@@ -67,7 +76,7 @@ const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
 const PRUNE_INTERVAL = 3600_000;
 const PRUNE_CHUNK = 1000;
 
-export class SqliteSpool implements Spool {
+export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly leases = new Set<MessageId>();
   private readonly storesInFlight = new Set<Promise<unknown>>();
   private closed = false;
@@ -79,6 +88,7 @@ export class SqliteSpool implements Spool {
   private failedMessages = 0;
 
   private readonly stmt: SpoolStatements;
+  private readonly groupStmt: GroupStatements;
   private readonly committer: GroupCommitter;
   private readonly bodiesDir: string;
 
@@ -91,6 +101,7 @@ export class SqliteSpool implements Spool {
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
     this.stmt = prepareStatements(db);
+    this.groupStmt = prepareGroupStatements(db);
     this.committer = new GroupCommitter(db, this.bodiesDir, logger);
   }
 
@@ -116,6 +127,7 @@ export class SqliteSpool implements Spool {
       db.pragma('journal_size_limit = 67108864');
       db.pragma('busy_timeout = 5000');
       db.exec(SCHEMA);
+      migrateGroupSchema(db);
     } catch (err) {
       throw new SpoolWriteError(`cannot open spool database in ${dir}`, err);
     }
@@ -223,6 +235,94 @@ export class SqliteSpool implements Spool {
     return id;
   }
 
+  // ---------------------------------------------------------------- ordered groups
+
+  storeGroup(messages: GroupMessage[]): Promise<MessageId[]> {
+    const promise = this.storeGroupMessages(messages);
+    this.storesInFlight.add(promise);
+    const forget = (): void => {
+      this.storesInFlight.delete(promise);
+    };
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  routeOf(id: MessageId): string | undefined {
+    this.assertOpen();
+    const json = this.groupStmt.reception.pluck().get(id) as string | undefined;
+    if (json === undefined) return undefined;
+    const route = (JSON.parse(json) as { route?: unknown }).route;
+    return typeof route === 'string' ? route : undefined;
+  }
+
+  /** True when the message was stored after another one (storeGroup) that is still pending. */
+  private isBlocked(id: MessageId): boolean {
+    return this.groupStmt.blocked.get(id) !== undefined;
+  }
+
+  private async storeGroupMessages(messages: GroupMessage[]): Promise<MessageId[]> {
+    const discard = (): void => {
+      for (const m of messages) m.body.destroy();
+    };
+    if (this.closed) {
+      discard();
+      throw new SpoolWriteError('spool is closed');
+    }
+    if (messages.some((m) => m.envelope.recipients.length === 0)) {
+      discard();
+      throw new TypeError('an envelope needs at least one recipient');
+    }
+    const members: GroupMember[] = [];
+    const inFile = () => members.filter((m) => m.read.content === undefined);
+    try {
+      for (const message of messages) {
+        const id = newQueueId();
+        const read = await readBody(message.body, {
+          id,
+          bodiesDir: this.bodiesDir,
+          inlineMax: this.inlineMax,
+        });
+        members.push({ id, message, read });
+      }
+    } catch (err) {
+      discard();
+      for (const m of inFile()) await removeQuietly(bodyFilePath(this.bodiesDir, m.id));
+      spoolWriteErrors.inc({ stage: 'body' });
+      this.logger.warn({ err }, 'message group bodies not stored');
+      throw new SpoolWriteError('message body could not be stored', err);
+    }
+    if (members.length === 0) return [];
+    const files = inFile();
+    try {
+      const apply = (): OpResult<void> => {
+        const recipients = insertGroup(this.stmt, this.groupStmt, members, Date.now());
+        return {
+          value: undefined,
+          onCommit: () => {
+            this.pendingMessages += members.length;
+            this.pendingRecipients += recipients;
+          },
+        };
+      };
+      await this.committer.run<void>(apply, {
+        syncBodiesDir: files.length > 0,
+        onAbort: files.length
+          ? async () => {
+              for (const m of files)
+                await this.removeUncommittedBody(m.id, bodyFilePath(this.bodiesDir, m.id));
+            }
+          : undefined,
+      });
+    } catch (err) {
+      spoolWriteErrors.inc({ stage: 'commit' });
+      this.logger.warn({ queueIds: members.map((m) => m.id), err }, 'message group not committed to spool');
+      throw err instanceof SpoolWriteError
+        ? err
+        : new SpoolWriteError('message group could not be committed', err);
+    }
+    return members.map((m) => m.id);
+  }
+
   // ---------------------------------------------------------------- delivery side
 
   lease(max: number, now: number = Date.now()): QueuedMessage[] {
@@ -230,7 +330,7 @@ export class SqliteSpool implements Spool {
     const leased: QueuedMessage[] = [];
     if (max <= 0) return leased;
     for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (this.leases.has(row.id)) continue;
+      if (this.leases.has(row.id) || this.isBlocked(row.id)) continue;
       const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
       if (recipients.length === 0) continue; // cannot happen: pending rows have pending recipients
       leased.push({
@@ -250,7 +350,7 @@ export class SqliteSpool implements Spool {
   nextDueAt(): number | undefined {
     this.assertOpen();
     for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (!this.leases.has(row.id)) return row.due_at;
+      if (!this.leases.has(row.id) && !this.isBlocked(row.id)) return row.due_at;
     }
     return undefined;
   }
