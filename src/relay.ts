@@ -25,17 +25,27 @@ import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
 import { startHttpServer, type HttpServer, type ReadinessReport } from './observability/http-server';
 import type { Logger } from './observability/logger';
+import {
+  startAutoresponder,
+  withAutoresponderRoutes,
+  type Autoresponder,
+} from './autoresponder/autoresponder';
+import type { DnsResolver } from './autoresponder/dkim-check';
 
 export interface RelayOptions {
   logger: Logger;
   /** Extra trusted CAs for the upstream connection (tests; production uses NODE_EXTRA_CA_CERTS). */
   upstreamCa?: Buffer;
+  /** DNS answers for the autoresponder's DKIM verification (tests); Node's resolver otherwise. */
+  autoresponderDnsResolver?: DnsResolver;
 }
 
 export interface Relay {
   readonly config: Config;
   smtpAddress(): AddressInfo;
   metricsAddress(): AddressInfo;
+  /** The autoresponder's listener, when AUTORESPONDER_CONFIG is set. */
+  autoresponderAddress(): AddressInfo | undefined;
   readiness(): Promise<ReadinessReport>;
   /** Graceful stop: 421 to new sessions, finish in-flight transactions, stop delivery; bounded by SHUTDOWN_TIMEOUT. */
   stop(): Promise<void>;
@@ -109,6 +119,27 @@ function buildTransport(config: Config, options: RelayOptions): Transport {
   });
 }
 
+/**
+ * The autoresponder front door (AUTORESPONDER_CONFIG): its own MX-facing listener in front of the same
+ * spool, suppression policy and dispatcher. Undefined when it is off.
+ */
+async function startAutoresponderFrontDoor(
+  config: Config,
+  options: RelayOptions,
+  parts: { spool: SqliteSpool; policy: RecipientPolicy; wake: () => void },
+): Promise<Autoresponder | undefined> {
+  if (!config.autoresponder) return undefined;
+  return startAutoresponder({
+    config: config.autoresponder,
+    ingress: config.ingress,
+    spool: parts.spool,
+    policy: parts.policy,
+    wake: parts.wake,
+    logger: options.logger,
+    dnsResolver: options.autoresponderDnsResolver,
+  });
+}
+
 export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
   const { logger } = options;
   const spool = await SqliteSpool.open({
@@ -119,7 +150,12 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   registerQueueMetrics(spool);
   const { policy, authenticator } = buildPolicy(config, logger);
   const limiter = await buildLimiter(config, logger);
-  const transport = buildTransport(config, options);
+  const transport = withAutoresponderRoutes(
+    buildTransport(config, options),
+    config.autoresponder,
+    (id) => spool.routeOf(id),
+    logger,
+  );
   if (!config.egress.sesHost) {
     logger.warn(
       { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
@@ -145,6 +181,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   });
 
   let smtp: SmtpListener | undefined;
+  let autoresponder: Autoresponder | undefined;
   let http: HttpServer | undefined;
   const readiness = async (): Promise<ReadinessReport> => {
     const writable = await spool.isWritable();
@@ -154,6 +191,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       upstream: transport.healthy() ? 'ok' : 'degraded',
       limiter: limiter.status().available ? 'ok' : 'degraded',
       suppressionList: policy.healthy() ? 'ok' : 'degraded',
+      ...(config.autoresponder ? { autoresponder: autoresponder?.listening ? 'ok' : 'degraded' } : {}),
     };
     return { ready: checks.smtp === 'ok' && checks.spool === 'ok', checks };
   };
@@ -177,7 +215,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     await smtp.listen();
+    autoresponder = await startAutoresponderFrontDoor(config, options, {
+      spool,
+      policy,
+      wake: () => dispatcher.wake(),
+    });
   } catch (err) {
+    await smtp?.close(0).catch(() => {});
     await dispatcher.stop(0).catch(() => {});
     await http?.close().catch(() => {});
     await transport.close().catch(() => {});
@@ -194,6 +238,9 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       event: 'relay:ready',
       smtp: `${smtpAddress.address}:${smtpAddress.port}`,
       metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+      autoresponder: autoresponder
+        ? `${autoresponder.address().address}:${autoresponder.address().port}`
+        : undefined,
       upstream: transport.name,
       rate: config.limiter.rate,
       burst: config.limiter.burst,
@@ -208,7 +255,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     stopping ??= (async () => {
       const grace = config.egress.shutdownTimeoutMs;
       logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
-      await Promise.all([smtp!.close(grace), dispatcher.stop(grace)]);
+      await Promise.all([smtp!.close(grace), autoresponder?.stop(grace), dispatcher.stop(grace)]);
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
       await limiter.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
       await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
@@ -227,6 +274,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     config,
     smtpAddress: () => smtpAddress,
     metricsAddress: () => metricsAddress,
+    autoresponderAddress: () => autoresponder?.address(),
     readiness,
     stop,
   };
