@@ -53,6 +53,11 @@ export class ResponderConfigError extends Error {
     super(message);
     this.name = 'ResponderConfigError';
   }
+
+  /** Just the line (main.ts prints `start failed: ${String(err)}`). */
+  override toString(): string {
+    return this.message;
+  }
 }
 
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;

@@ -57,7 +57,8 @@ export const attachmentId = (bucket: string, key: string): string => `${bucket}/
 function describeError(err: unknown): string {
   const e = err as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
   const status = e.$metadata?.httpStatusCode;
-  const name = e.name && e.name !== 'Error' && e.name !== 'Unknown' ? `${e.name}: ` : '';
+  const plain = err instanceof ResponderConfigError || !e.name || e.name === 'Error' || e.name === 'Unknown';
+  const name = plain ? '' : `${e.name}: `;
   return `${name}${e.message || (status ? `HTTP ${status}` : String(err))}`;
 }
 
