@@ -299,3 +299,34 @@ test('replies of one request reach SES in config order: the second waits while t
   const deferred = relay.logs.filter((l) => l.event === 'message:deferred');
   assert.equal(deferred.length - deferredBefore, 1);
 });
+
+test('a client that drops mid-DATA leaves nothing behind; the front door keeps answering and stops cleanly', async () => {
+  const before = await relay.metrics();
+  const count = (m: string) => metricValue(m, 'ses_relay_autoresponder_requests_total');
+  for (let i = 0; i < 3; i++) {
+    const c = await RawSmtpClient.connect(port);
+    await c.read();
+    await c.command('EHLO mx.example.net');
+    await c.command('MAIL FROM:<gone@example.net>');
+    await c.command('RCPT TO:<get@example.org>');
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('From: gone@example.net\r\nSubject: half a mes');
+    await new Promise((r) => setTimeout(r, 50));
+    c.close();
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  ses.reset();
+  const r = await sendRequest(port, requestMessage({ from: 'after@example.net' }), {
+    from: 'after@example.net',
+    to: ['get@example.org'],
+  });
+  assert.ok(r.ok, r.response);
+  await ses.waitFor(2, 15_000);
+  assert.equal(count(await relay.metrics()), count(before) + 1, 'only the complete request was counted');
+  const idle = await RawSmtpClient.connect(port); // an idle session must not hold the stop up
+  await idle.read();
+  const started = Date.now();
+  assert.equal(await stopRelayProcess(relay), 0);
+  assert.ok(Date.now() - started < 8_000, 'stopped within the grace period');
+  idle.close();
+});

@@ -80,6 +80,11 @@ describe('no-reply rules', () => {
     ['a quoted local part', [], 'invalid-requester', { from: '"a b"@example.net' }],
     ['a non-ASCII local part', [], 'invalid-requester', { from: 'jörg@example.net' }],
     ['no domain', [], 'invalid-requester', { from: 'someone' }],
+    ['a trailing dot', [], 'invalid-requester', { from: 'a@example.net.' }],
+    ['an IP literal', [], 'invalid-requester', { from: 'a@[192.0.2.1]' }],
+    ['a label starting with -', [], 'invalid-requester', { from: 'a@-x.example.net' }],
+    ['a label over 63 octets', [], 'invalid-requester', { from: `a@${'x'.repeat(64)}.example.net` }],
+    ['a single-label domain', [], 'invalid-requester', { from: 'a@localhost' }],
   ];
   for (const [name, headers, expected, o] of cases) {
     test(`${name} → ${expected}`, async () => {

@@ -157,10 +157,20 @@ export function createAutoresponderListener(options: AutoresponderListenerOption
       collector.push(chunk);
       dkimInput?.write(chunk);
     });
-    await new Promise<void>((resolve, reject) => {
-      stream.once('end', resolve);
-      stream.once('error', reject);
+    const received = await new Promise<boolean>((resolve) => {
+      stream.once('end', () => resolve(true));
+      // The client went away mid-DATA (smtp-server destroys the stream): nothing to answer, nothing kept.
+      stream.once('error', () => resolve(false));
+      stream.once('close', () => resolve(stream.readableEnded));
     });
+    if (!received) {
+      dkimInput?.destroy();
+      log.debug(
+        { event: 'autoresponder:client-gone', client: session.remoteAddress },
+        'connection closed during DATA',
+      );
+      return { err: reject('autoresponderUnavailable') };
+    }
     dkimInput?.end();
     if (stream.sizeExceeded) return { err: reject('messageTooBig') };
     const { block, complete } = collector.result();

@@ -17,6 +17,7 @@
  *   `From` domain (DMARC relaxed alignment): a forged `From` cannot aim replies at a victim.
  */
 import { domainToASCII } from 'node:url';
+import { checkAddress } from '../ingress/address-syntax';
 
 export const REQUEST_RESULTS = [
   'answered',
@@ -109,9 +110,12 @@ export function requesterOf(
   if (at <= 0 || at === raw.length - 1) return undefined;
   const local = raw.slice(0, at);
   if (local.length > 64 || !DOT_ATOM.test(local)) return undefined;
-  const domain = domainToASCII(raw.slice(at + 1).toLowerCase());
-  if (!domain || !domain.includes('.') || domain.length > 253) return undefined;
-  return { address: `${local}@${domain}`, domain };
+  // The relay's own envelope rules (label lengths, IDNA, no IP literal here): an address SES can send to.
+  const checked = checkAddress(`${local}@${raw.slice(at + 1)}`, 'recipient');
+  if (!checked.ok) return undefined;
+  const domain = checked.address.slice(checked.address.lastIndexOf('@') + 1);
+  if (!domain.includes('.') || domain.startsWith('[')) return undefined;
+  return { address: checked.address, domain };
 }
 
 function isSystemSender(address: string): boolean {
