@@ -25,12 +25,11 @@ import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
 import { startHttpServer, type HttpServer, type ReadinessReport } from './observability/http-server';
 import type { Logger } from './observability/logger';
-import {
-  startAutoresponder,
-  withAutoresponderRoutes,
-  type Autoresponder,
-} from './autoresponder/autoresponder';
+import type { Autoresponder } from './autoresponder/autoresponder';
 import type { DnsResolver } from './autoresponder/dkim-check';
+import { withAutoresponderRoutes } from './autoresponder/routing-transport';
+
+type AutoresponderModule = typeof import('./autoresponder/autoresponder');
 
 export interface RelayOptions {
   logger: Logger;
@@ -129,6 +128,9 @@ async function startAutoresponderFrontDoor(
   parts: { spool: SqliteSpool; policy: RecipientPolicy; wake: () => void },
 ): Promise<Autoresponder | undefined> {
   if (!config.autoresponder) return undefined;
+  // Loaded only when on: its parsers, DKIM verifier and S3 client would slow every start.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { startAutoresponder } = require('./autoresponder/autoresponder') as AutoresponderModule;
   return startAutoresponder({
     config: config.autoresponder,
     ingress: config.ingress,

@@ -1,11 +1,11 @@
 /**
  * Autoresponder metrics, on the shared registry with the `ses_relay_` prefix. `requests_total{result}` takes
- * its label from the closed set REQUEST_RESULTS (request-rules.ts); every label value is created at start
- * so that a dashboard sees zeros, not missing series.
+ * its label from the closed set REQUEST_RESULTS (request-rules.ts); startAutoresponder creates every label
+ * value at start so that a dashboard sees zeros, not missing series. Registered only when the autoresponder
+ * is on (this module is loaded with it).
  */
 import { Counter, Gauge } from 'prom-client';
 import { METRIC_PREFIX, registry } from '../observability/metrics';
-import { REQUEST_RESULTS } from './request-rules';
 
 export const autoresponderMetrics = {
   requests: new Counter({
@@ -43,5 +43,3 @@ export const autoresponderMetrics = {
     registers: [registry],
   }),
 };
-
-for (const result of REQUEST_RESULTS) autoresponderMetrics.requests.inc({ result }, 0);

@@ -1,8 +1,9 @@
 /**
  * The autoresponder front door: a second ingress beside the relay's SMTP listener, feeding the same spool,
  * dispatcher, limiter, suppression filter and transports. relay.ts starts it when AUTORESPONDER_CONFIG is
- * set (`startAutoresponder`) and wraps the relay's transport when AUTORESPONDER_SMTP_URL is set
- * (`withAutoresponderRoutes`). See docs/autoresponder.md.
+ * set (`startAutoresponder`, loaded only then: mailauth, zod and the S3 client cost ~0.5 s of start-up) and
+ * wraps the relay's transport when AUTORESPONDER_SMTP_URL is set (`withAutoresponderRoutes`, in
+ * routing-transport.ts). See docs/autoresponder.md.
  *
  *   MX ──SMTP──▶ autoresponder-listener ──▶ request-handler ──storeGroup──▶ spool ──▶ dispatcher ──▶ SES
  *                 (RCPT rules, DATA)        (rules, DKIM, suppression,        (replies in order)  └▶ SMTP URL
@@ -12,18 +13,17 @@
 import type { AddressInfo } from 'node:net';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { AutoresponderConfig, IngressConfig } from '../config';
-import type { Transport } from '../egress/transport';
 import type { Logger } from '../observability/logger';
 import type { RecipientPolicy } from '../policy/policy';
 import { createDynamoDbClient, type DynamoDbClientOptions } from '../policy/dynamodb-client';
 import type { OrderedGroupSpool } from '../spool/spool';
 import { createAutoresponderListener, type AddressBook } from './autoresponder-listener';
+import { autoresponderMetrics } from './autoresponder-metrics';
 import { ConfigSource, type ActiveConfig } from './config-source';
 import type { DnsResolver } from './dkim-check';
 import { DynamoQuotaStore, LocalQuotaStore, type QuotaStore } from './quota-store';
-import { RequestHandler, SMTP_ROUTE } from './request-handler';
-import { RoutingTransport } from './routing-transport';
-import { SmtpUrlTransport } from './smtp-url-transport';
+import { RequestHandler } from './request-handler';
+import { REQUEST_RESULTS } from './request-rules';
 
 export interface AutoresponderOptions {
   config: AutoresponderConfig;
@@ -75,6 +75,7 @@ export async function startAutoresponder(options: AutoresponderOptions): Promise
     logger,
     s3: options.s3,
   });
+  for (const result of REQUEST_RESULTS) autoresponderMetrics.requests.inc({ result }, 0);
   await source.start();
   let quota: QuotaStore | undefined;
   try {
@@ -120,23 +121,4 @@ export async function startAutoresponder(options: AutoresponderOptions): Promise
     await quota?.close();
     throw err;
   }
-}
-
-/**
- * With AUTORESPONDER_SMTP_URL, `send_method: "SMTP"` replies leave through that upstream: the relay's
- * transport is wrapped in a RoutingTransport that reads each message's route from the spool.
- */
-export function withAutoresponderRoutes(
-  transport: Transport,
-  config: AutoresponderConfig | undefined,
-  routeOf: (id: string) => string | undefined,
-  logger: Logger,
-): Transport {
-  if (!config?.smtpUrl) return transport;
-  return new RoutingTransport(
-    transport,
-    { [SMTP_ROUTE]: new SmtpUrlTransport(config.smtpUrl, logger) },
-    routeOf,
-    logger,
-  );
 }

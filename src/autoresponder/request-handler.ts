@@ -19,10 +19,8 @@ import type { ActiveConfig } from './config-source';
 import type { IncomingRequest, RequestOutcome } from './autoresponder-listener';
 import { QuotaUnavailableError, type QuotaClaim, type QuotaStore } from './quota-store';
 import { buildReply, type ReplySettings } from './reply-builder';
+import { SMTP_ROUTE } from './routing-transport';
 import { checkRequest, dkimVerdict, isExempt, type RequestResult } from './request-rules';
-
-/** The route name the routing transport sends `send_method: "SMTP"` replies by. */
-export const SMTP_ROUTE = 'smtp';
 
 export interface RequestHandlerOptions {
   config: AutoresponderConfig;

@@ -4,9 +4,14 @@
  * (relayed mail, `send_method: "SES"` replies) goes through the default transport (SES or the outbox).
  * The dispatcher sees one Transport and keeps its rate limit, retries and suppression filter for both.
  */
+import type { AutoresponderConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import type { MessageId } from '../types';
 import type { RecipientResult, Transaction, Transport } from '../egress/transport';
+import { SmtpUrlTransport } from './smtp-url-transport';
+
+/** The route name `send_method: "SMTP"` replies are stored with. */
+export const SMTP_ROUTE = 'smtp';
 
 export class RoutingTransport implements Transport {
   readonly name: string;
@@ -49,4 +54,20 @@ export class RoutingTransport implements Transport {
       [this.base, ...Object.values(this.routes)].map((t) => t.close().catch(() => undefined)),
     );
   }
+}
+
+/**
+ * With AUTORESPONDER_SMTP_URL, `send_method: "SMTP"` replies leave through that upstream: the relay's
+ * transport is wrapped in a RoutingTransport that reads each message's route from the spool. Otherwise the
+ * transport is returned as it is.
+ */
+export function withAutoresponderRoutes(
+  transport: Transport,
+  config: AutoresponderConfig | undefined,
+  routeOf: (id: MessageId) => string | undefined,
+  logger: Logger,
+): Transport {
+  if (!config?.smtpUrl) return transport;
+  const smtp = new SmtpUrlTransport(config.smtpUrl, logger);
+  return new RoutingTransport(transport, { [SMTP_ROUTE]: smtp }, routeOf, logger);
 }
