@@ -21,7 +21,6 @@
  * are cached on disk while the body hash is computed).
  */
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import DKIM from 'nodemailer/lib/dkim';
 import { detectMimeType } from 'nodemailer/lib/mime-funcs';
@@ -88,7 +87,9 @@ export function buildReplyNode(
       root
         .createChild(detectMimeType(ref.filename), { filename: ref.filename })
         .setHeader('Content-Transfer-Encoding', 'base64')
-        .setContent(fs.createReadStream(cached.path));
+        // A content object: the file is opened only when the stream reaches it (no descriptor is held by a
+        // reply that is never read to the end).
+        .setContent({ path: cached.path } as unknown as string);
     }
   }
   root.setHeader('From', settings.from);
