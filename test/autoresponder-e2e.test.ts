@@ -126,6 +126,10 @@ test('RCPT: configured address 250 (any case), unknown local part 550 5.1.1, oth
   assert.equal(unknown.text, '550 5.1.1 Recipient address rejected: no such autoresponder address');
   const relayTry = await c.command('RCPT TO:<victim@gmail.example>');
   assert.equal(relayTry.text, '550 5.7.1 Relay access denied: not an autoresponder domain');
+  for (const spelling of ['"get"@example.org', 'get@example.org.', 'get%victim.example@example.org']) {
+    const r = await c.command(`RCPT TO:<${spelling}>`);
+    assert.ok(r.code >= 500 && r.code < 600, `${spelling}: ${r.text}`);
+  }
   assert.equal((await c.command('AUTH PLAIN AGFiAGM=')).code >= 500, true, 'no AUTH on the front door');
   c.close();
   const m = await relay.metrics();

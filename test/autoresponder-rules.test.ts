@@ -229,6 +229,32 @@ describe('reply builder', () => {
     assert.deepEqual(rawHeader(raw, 'References'), []);
   });
 
+  test('header injection through the request: an encoded CR LF in the Subject, junk around the Message-ID', async () => {
+    const head = [
+      'From: pat@example.net',
+      'Subject: =?utf-8?q?hello=0D=0ABcc:_victim@example.com?=',
+      'Message-ID: junk <real.id@example.net> more junk',
+      '',
+      '',
+    ].join('\r\n');
+    const parsed = await parseRequestHeaders(Buffer.from(head), true);
+    assert.equal(parsed.messageId, '<real.id@example.net>');
+    const chunks: Buffer[] = [];
+    const to = { requester: 'pat@example.net', subject: parsed.subject, messageId: parsed.messageId };
+    for await (const c of buildReply(entry({}), attachments, to, settings)) chunks.push(c as Buffer);
+    const raw = Buffer.concat(chunks).toString('latin1');
+    assert.deepEqual(rawHeader(raw, 'Bcc'), [], 'no header smuggled in');
+    assert.deepEqual(rawHeader(raw, 'In-Reply-To'), ['<real.id@example.net>']);
+    assert.equal((await parseReply(raw)).subject, 'Re: hello Bcc: victim@example.com');
+    for (const bad of ['<a b@x>', '<>', 'no brackets@x', `<${'a'.repeat(300)}@x>`]) {
+      const p = await parseRequestHeaders(
+        Buffer.from(`From: a@example.net\r\nMessage-ID: ${bad}\r\n\r\n`),
+        true,
+      );
+      assert.equal(p.messageId, undefined, bad);
+    }
+  });
+
   test('MIME tree: mixed > alternative (parts in config order, UTF-8) + base64 attachments by configured name', async () => {
     const raw = await build(
       entry({
