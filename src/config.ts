@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { domainToASCII } from 'node:url';
 import ipaddr from 'ipaddr.js';
 import ms from 'ms';
 import { bool, cleanEnv, makeValidator, port, str, EnvError, EnvMissingError } from 'envalid';
@@ -134,6 +135,40 @@ export interface ObservabilityConfig {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
+/** Where AUTORESPONDER_CONFIG points: a local file or an S3 object. */
+export type AutoresponderSource =
+  { kind: 'file'; path: string } | { kind: 's3'; bucket: string; key: string };
+
+/** The autoresponder front door (on when AUTORESPONDER_CONFIG is set); see docs/autoresponder.md. */
+export interface AutoresponderConfig {
+  source: AutoresponderSource;
+  refreshMs: number;
+  host: string;
+  port: number;
+  /** `From` of every reply as configured (may carry a display name). */
+  from: string;
+  /** The bare address of `from`. */
+  fromAddress: string;
+  /** Envelope sender of the replies. */
+  returnPath: string;
+  dailyLimit: number;
+  quotaWindowMs: number;
+  /** Lower-case ASCII domains; a subdomain matches too. */
+  exemptDomains: string[];
+  blockedDomains: string[];
+  /** Shared DynamoDB quota table; undefined: a local SQLite table under the spool directory. */
+  quotaTable?: string;
+  /** HMAC-SHA-256 key for requester hashes (required with a shared table; generated and kept locally otherwise). */
+  hashKey?: Buffer;
+  /** Second upstream for `send_method: "SMTP"` replies (nodemailer URL); undefined: SES. */
+  smtpUrl?: string;
+  requireDkim: boolean;
+  /** DKIM signing of `send_method: "SMTP"` replies. */
+  dkim?: { domain: string; selector: string; privateKey: string };
+  /** Working files: attachment cache, local quota database (`<SPOOL_DIR>/autoresponder`). */
+  dataDir: string;
+}
+
 export interface Config {
   ingress: IngressConfig;
   spool: SpoolConfig;
@@ -141,6 +176,8 @@ export interface Config {
   limiter: LimiterConfig;
   policy: PolicyConfig;
   observability: ObservabilityConfig;
+  /** Undefined when the autoresponder is off (AUTORESPONDER_CONFIG unset). */
+  autoresponder?: AutoresponderConfig;
 }
 
 export const DEFAULT_TRUSTED_NETWORKS = [
@@ -241,6 +278,41 @@ const userList = makeValidator<SmtpUser[]>((input) => {
   });
 });
 
+const domainList = makeValidator<string[]>((input) => {
+  const list = String(input)
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  return list.map((d) => {
+    const ascii = domainToASCII(d.toLowerCase().replace(/^@/, ''));
+    if (!ascii || !ascii.includes('.')) throw new EnvError(`"${d}" is not a domain`);
+    return ascii;
+  });
+});
+
+/** A secret: the value is never echoed in the error. */
+const hashKey = makeValidator<string>((input) => {
+  const v = String(input);
+  if (v !== '' && v.length < 16)
+    throw new EnvError('must be at least 16 characters (e.g. openssl rand -hex 32)');
+  return v;
+});
+
+const smtpUrl = makeValidator<string>((input) => {
+  const v = String(input).trim();
+  if (v === '') return v;
+  let url: URL;
+  try {
+    url = new URL(v);
+  } catch {
+    throw new EnvError('is not a URL (smtp://host:port or smtps://user:password@host:465)');
+  }
+  if (!/^smtps?:$/.test(url.protocol) || !url.hostname) {
+    throw new EnvError('must be smtp://host[:port] or smtps://host[:port] (credentials may be in the URL)');
+  }
+  return v;
+});
+
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /** Specs, with defaults documented here and in README.md's configuration table. */
@@ -306,6 +378,24 @@ const specs = {
   DYNAMODB_API_KEYS_TABLE: str({ default: '' }),
   APIKEY_CACHE_TTL: duration({ default: 60_000 }),
 
+  AUTORESPONDER_CONFIG: str({ default: '' }),
+  AUTORESPONDER_CONFIG_REFRESH: duration({ default: 60_000 }),
+  AUTORESPONDER_HOST: str({ default: '0.0.0.0' }),
+  AUTORESPONDER_PORT: port({ default: 2525 }),
+  AUTORESPONDER_FROM: str({ default: '' }),
+  AUTORESPONDER_RETURN_PATH: str({ default: '' }),
+  AUTORESPONDER_DAILY_LIMIT: positiveInt({ default: 3 }),
+  AUTORESPONDER_QUOTA_WINDOW: duration({ default: 24 * 3600_000 }),
+  AUTORESPONDER_EXEMPT_DOMAINS: domainList({ default: [] }),
+  AUTORESPONDER_BLOCKED_DOMAINS: domainList({ default: [] }),
+  AUTORESPONDER_QUOTA_TABLE: str({ default: '' }),
+  AUTORESPONDER_HASH_KEY: hashKey({ default: '' }),
+  AUTORESPONDER_SMTP_URL: smtpUrl({ default: '' }),
+  AUTORESPONDER_REQUIRE_DKIM: bool({ default: false }),
+  DKIM_DOMAIN: str({ default: '' }),
+  DKIM_SELECTOR: str({ default: '' }),
+  DKIM_PRIVATE_KEY_PATH: str({ default: '' }),
+
   METRICS_HOST: str({ default: '0.0.0.0' }),
   METRICS_PORT: port({ default: 9464 }),
   LOG_LEVEL: str({ choices: [...logLevels], default: 'info' }),
@@ -365,6 +455,91 @@ function autoRate(
   return settings;
 }
 
+/** `Name <addr@domain>` or `addr@domain` -> the bare address, or undefined when it is not one address. */
+function bareAddress(value: string): string | undefined {
+  const m = /^\s*(?:[^<>]*<\s*([^<>\s]+)\s*>|([^<>\s]+))\s*$/.exec(value);
+  const address = m?.[1] ?? m?.[2];
+  if (!address) return undefined;
+  const at = address.lastIndexOf('@');
+  if (at <= 0 || !/^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$/.test(address.slice(0, at))) return undefined;
+  const domain = domainToASCII(address.slice(at + 1).toLowerCase());
+  return domain && domain.includes('.') ? `${address.slice(0, at)}@${domain}` : undefined;
+}
+
+function autoresponderSource(value: string): AutoresponderSource {
+  if (!value.startsWith('s3://')) return { kind: 'file', path: path.resolve(value) };
+  const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(value);
+  if (!m) throw new ConfigError('AUTORESPONDER_CONFIG', 'must be a file path or s3://bucket/key');
+  return { kind: 's3', bucket: m[1], key: m[2] };
+}
+
+type CleanEnv = ReturnType<typeof cleanEnv<typeof specs>>;
+
+/** The autoresponder section, with its cross-variable checks (undefined when AUTORESPONDER_CONFIG is unset). */
+function autoresponderConfig(e: CleanEnv, spoolDir: string): AutoresponderConfig | undefined {
+  if (!e.AUTORESPONDER_CONFIG) return undefined;
+  const source = autoresponderSource(e.AUTORESPONDER_CONFIG);
+  if (!e.AUTORESPONDER_FROM)
+    throw new ConfigError('AUTORESPONDER_FROM', 'is required when AUTORESPONDER_CONFIG is set');
+  const fromAddress = bareAddress(e.AUTORESPONDER_FROM);
+  if (!fromAddress)
+    throw new ConfigError(
+      'AUTORESPONDER_FROM',
+      'is not an address (name <user@example.org> or user@example.org)',
+    );
+  const returnPath = e.AUTORESPONDER_RETURN_PATH ? bareAddress(e.AUTORESPONDER_RETURN_PATH) : fromAddress;
+  if (!returnPath) throw new ConfigError('AUTORESPONDER_RETURN_PATH', 'is not an address (user@example.org)');
+  if (e.AUTORESPONDER_QUOTA_TABLE && !e.AUTORESPONDER_HASH_KEY) {
+    throw new ConfigError(
+      'AUTORESPONDER_HASH_KEY',
+      'is required when AUTORESPONDER_QUOTA_TABLE is set (every replica must hash alike)',
+    );
+  }
+  if (e.AUTORESPONDER_PORT === e.SMTP_PORT)
+    throw new ConfigError('AUTORESPONDER_PORT', 'must differ from SMTP_PORT');
+  if (e.AUTORESPONDER_PORT === e.METRICS_PORT)
+    throw new ConfigError('AUTORESPONDER_PORT', 'must differ from METRICS_PORT');
+  if (e.AUTORESPONDER_CONFIG_REFRESH <= 0)
+    throw new ConfigError('AUTORESPONDER_CONFIG_REFRESH', 'must be > 0');
+  if (e.AUTORESPONDER_QUOTA_WINDOW < 1000)
+    throw new ConfigError('AUTORESPONDER_QUOTA_WINDOW', 'must be at least 1s');
+  let dkim: AutoresponderConfig['dkim'];
+  const dkimSet = [e.DKIM_DOMAIN, e.DKIM_SELECTOR, e.DKIM_PRIVATE_KEY_PATH].filter(Boolean).length;
+  if (dkimSet > 0) {
+    const missing = !e.DKIM_DOMAIN
+      ? 'DKIM_DOMAIN'
+      : !e.DKIM_SELECTOR
+        ? 'DKIM_SELECTOR'
+        : 'DKIM_PRIVATE_KEY_PATH';
+    if (dkimSet < 3) throw new ConfigError(missing, 'is required when another DKIM_* variable is set');
+    const domain = domainToASCII(e.DKIM_DOMAIN.toLowerCase());
+    if (!domain || !domain.includes('.')) throw new ConfigError('DKIM_DOMAIN', 'is not a domain');
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(e.DKIM_SELECTOR))
+      throw new ConfigError('DKIM_SELECTOR', 'is not a selector');
+    const privateKey = readPem('DKIM_PRIVATE_KEY_PATH', e.DKIM_PRIVATE_KEY_PATH).toString('utf8');
+    dkim = { domain, selector: e.DKIM_SELECTOR, privateKey };
+  }
+  return {
+    source,
+    refreshMs: e.AUTORESPONDER_CONFIG_REFRESH,
+    host: e.AUTORESPONDER_HOST,
+    port: e.AUTORESPONDER_PORT,
+    from: e.AUTORESPONDER_FROM.trim(),
+    fromAddress,
+    returnPath,
+    dailyLimit: e.AUTORESPONDER_DAILY_LIMIT,
+    quotaWindowMs: e.AUTORESPONDER_QUOTA_WINDOW,
+    exemptDomains: e.AUTORESPONDER_EXEMPT_DOMAINS,
+    blockedDomains: e.AUTORESPONDER_BLOCKED_DOMAINS,
+    quotaTable: e.AUTORESPONDER_QUOTA_TABLE || undefined,
+    hashKey: e.AUTORESPONDER_HASH_KEY ? Buffer.from(e.AUTORESPONDER_HASH_KEY, 'utf8') : undefined,
+    smtpUrl: e.AUTORESPONDER_SMTP_URL || undefined,
+    requireDkim: e.AUTORESPONDER_REQUIRE_DKIM,
+    dkim,
+    dataDir: path.join(spoolDir, 'autoresponder'),
+  };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const e = cleanEnv(env, specs, {
     reporter: ({ errors }) => {
@@ -375,7 +550,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           ? 'is required'
           : String(err.message || err).replace(/^Invalid (\w+) input: /, 'invalid $1 ');
       // Secrets are never echoed: the validators of PASSWORD/USERS variables do not include the value.
-      throw new ConfigError(variable, /PASSWORD/.test(variable) ? 'is invalid' : problem);
+      throw new ConfigError(variable, /PASSWORD|HASH_KEY/.test(variable) ? 'is invalid' : problem);
     },
   });
 
@@ -505,5 +680,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       metricsPort: e.METRICS_PORT,
       logLevel: e.LOG_LEVEL as ObservabilityConfig['logLevel'],
     },
+    autoresponder: autoresponderConfig(e, spoolDir),
   };
 }

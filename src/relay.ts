@@ -26,17 +26,26 @@ import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
 import { startHttpServer, type HttpServer, type ReadinessReport } from './observability/http-server';
 import type { Logger } from './observability/logger';
+import type { Autoresponder } from './autoresponder/autoresponder';
+import type { DnsResolver } from './autoresponder/dkim-check';
+import { withAutoresponderRoutes } from './autoresponder/routing-transport';
+
+type AutoresponderModule = typeof import('./autoresponder/autoresponder');
 
 export interface RelayOptions {
   logger: Logger;
   /** Extra trusted CAs for the upstream connection (tests; production uses NODE_EXTRA_CA_CERTS). */
   upstreamCa?: Buffer;
+  /** DNS answers for the autoresponder's DKIM verification (tests); Node's resolver otherwise. */
+  autoresponderDnsResolver?: DnsResolver;
 }
 
 export interface Relay {
   readonly config: Config;
   smtpAddress(): AddressInfo;
   metricsAddress(): AddressInfo;
+  /** The autoresponder's listener, when AUTORESPONDER_CONFIG is set. */
+  autoresponderAddress(): AddressInfo | undefined;
   readiness(): Promise<ReadinessReport>;
   /** Graceful stop: 421 to new sessions, finish in-flight transactions, stop delivery; bounded by SHUTDOWN_TIMEOUT. */
   stop(): Promise<void>;
@@ -142,6 +151,30 @@ function buildTransport(config: Config, options: RelayOptions): Transport {
   });
 }
 
+/**
+ * The autoresponder front door (AUTORESPONDER_CONFIG): its own MX-facing listener in front of the same
+ * spool, suppression policy and dispatcher. Undefined when it is off.
+ */
+async function startAutoresponderFrontDoor(
+  config: Config,
+  options: RelayOptions,
+  parts: { spool: SqliteSpool; policy: RecipientPolicy; wake: () => void },
+): Promise<Autoresponder | undefined> {
+  if (!config.autoresponder) return undefined;
+  // Loaded only when on: its parsers, DKIM verifier and S3 client would slow every start.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { startAutoresponder } = require('./autoresponder/autoresponder') as AutoresponderModule;
+  return startAutoresponder({
+    config: config.autoresponder,
+    ingress: config.ingress,
+    spool: parts.spool,
+    policy: parts.policy,
+    wake: parts.wake,
+    logger: options.logger,
+    dnsResolver: options.autoresponderDnsResolver,
+  });
+}
+
 export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
   const { logger } = options;
   const spool = await SqliteSpool.open({
@@ -155,7 +188,12 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   const limiter = await buildLimiter(config, logger, plan);
   plan.autoRate?.attach(limiter);
   plan.account?.start();
-  const transport = buildTransport(config, options);
+  const transport = withAutoresponderRoutes(
+    buildTransport(config, options),
+    config.autoresponder,
+    (id) => spool.routeOf(id),
+    logger,
+  );
   if (config.egress.transport === 'outbox') {
     logger.warn(
       { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
@@ -181,6 +219,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   });
 
   let smtp: SmtpListener | undefined;
+  let autoresponder: Autoresponder | undefined;
   let http: HttpServer | undefined;
   const readiness = async (): Promise<ReadinessReport> => {
     const writable = await spool.isWritable();
@@ -191,6 +230,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       upstream: transport.healthy() ? 'ok' : 'degraded',
       limiter: limiter.status().available ? 'ok' : 'degraded',
       suppressionList: policy.healthy() ? 'ok' : 'degraded',
+      ...(config.autoresponder ? { autoresponder: autoresponder?.listening ? 'ok' : 'degraded' } : {}),
     };
     return { ready: checks.smtp === 'ok' && checks.spool === 'ok', checks };
   };
@@ -213,7 +253,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     await smtp.listen();
+    autoresponder = await startAutoresponderFrontDoor(config, options, {
+      spool,
+      policy,
+      wake: () => dispatcher.wake(),
+    });
   } catch (err) {
+    await smtp?.close(0).catch(() => {});
     await dispatcher.stop(0).catch(() => {});
     await http?.close().catch(() => {});
     await transport.close().catch(() => {});
@@ -232,6 +278,9 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       event: 'relay:ready',
       smtp: `${smtpAddress.address}:${smtpAddress.port}`,
       metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+      autoresponder: autoresponder
+        ? `${autoresponder.address().address}:${autoresponder.address().port}`
+        : undefined,
       upstream: transport.name,
       rate: plan.rate,
       burst: plan.burst,
@@ -247,7 +296,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     stopping ??= (async () => {
       const grace = config.egress.shutdownTimeoutMs;
       logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
-      await Promise.all([smtp!.close(grace), dispatcher.stop(grace)]);
+      await Promise.all([smtp!.close(grace), autoresponder?.stop(grace), dispatcher.stop(grace)]);
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
       plan.autoRate?.stop();
       plan.account?.stop();
@@ -268,6 +317,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     config,
     smtpAddress: () => smtpAddress,
     metricsAddress: () => metricsAddress,
+    autoresponderAddress: () => autoresponder?.address(),
     readiness,
     stop,
   };

@@ -122,6 +122,34 @@ export const REPLIES = {
     meaning:
       "An address in the message's From: or Sender: header is outside the API key's domains (or there is no From address); nothing was stored.",
   },
+  // The autoresponder's MX-facing listener (AUTORESPONDER_PORT).
+  autoresponderReceived: {
+    code: 250,
+    enhanced: '2.0.0',
+    text: 'Ok: request received',
+    meaning:
+      'Autoresponder: the request is taken; when it is answered every reply is already in the spool (the request id follows).',
+  },
+  autoresponderUnavailable: {
+    code: 451,
+    enhanced: '4.3.0',
+    text: 'Request cannot be handled now, try again later',
+    meaning:
+      'Autoresponder: the quota table or DNS (AUTORESPONDER_REQUIRE_DKIM) could not be consulted; nothing was counted or stored.',
+  },
+  autoresponderUnknownAddress: {
+    code: 550,
+    enhanced: '5.1.1',
+    text: 'Recipient address rejected: no such autoresponder address',
+    meaning: 'Autoresponder: the domain is configured but this local part is not.',
+  },
+  autoresponderRelayDenied: {
+    code: 550,
+    enhanced: '5.7.1',
+    text: 'Relay access denied: not an autoresponder domain',
+    meaning:
+      'Autoresponder: the recipient domain is not one of the configured addresses (the front door never relays).',
+  },
 } as const satisfies Record<string, ReplyDefinition>;
 
 export type ReplyKey = keyof typeof REPLIES;

@@ -6,7 +6,9 @@
  *
  * Versions (`PRAGMA user_version`): 0 = the first release (message states `pending`/`failed`, recipient
  * `pending` for queued and deferred alike); 1 = the shared vocabulary of src/types.ts, enforced by CHECK
- * constraints. `migrateSchema` upgrades a spool in place, in one transaction, keeping every message.
+ * constraints; 2 = `messages.after_id`, the predecessor of a message stored in an ordered group
+ * (`storeGroup`: it is not leased while its predecessor is still to be delivered). `migrateSchema`
+ * upgrades a spool in place, in one transaction, keeping every message.
  */
 import type Database from 'better-sqlite3';
 import {
@@ -18,7 +20,7 @@ import {
   type StoredMessageState,
 } from '../types';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 const list = (values: readonly string[]) => values.map((v) => `'${v}'`).join(', ');
 /** `state IN ('queued', 'deferred')`: the predicate of the partial indexes, repeated verbatim by queries. */
@@ -37,7 +39,8 @@ const MESSAGES_TABLE = (name: string) => `CREATE TABLE ${name} (
   due_at INTEGER NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0,
   pending_recipients INTEGER NOT NULL,
-  finished_at INTEGER
+  finished_at INTEGER,
+  after_id TEXT
 )`;
 
 const RECIPIENTS_TABLE = (name: string) => `CREATE TABLE ${name} (
@@ -94,7 +97,13 @@ ALTER TABLE messages_v1 RENAME TO messages;
 ALTER TABLE recipients_v1 RENAME TO recipients;
 CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ${INDEXES}
-PRAGMA user_version = 1;
+PRAGMA user_version = ${SCHEMA_VERSION};
+`;
+
+/** Version 1 -> 2: ordered groups. A metadata-only change in SQLite; NULL for every existing message. */
+const MIGRATE_1_TO_2 = `
+ALTER TABLE messages ADD COLUMN after_id TEXT;
+PRAGMA user_version = 2;
 `;
 
 /** The spool was written by a newer version of the relay: refuse rather than misread it. */
@@ -123,7 +132,10 @@ export function migrateSchema(db: Database.Database): number {
     .prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'`)
     .pluck()
     .get() as number;
-  db.transaction(() => db.exec(hasMessages ? MIGRATE_0_TO_1 : CURRENT_SCHEMA)).immediate();
+  // MIGRATE_0_TO_1 rebuilds the tables in the current layout (after_id included), so it ends at the
+  // current version; a version-1 spool only needs the new column.
+  const script = !hasMessages ? CURRENT_SCHEMA : found === 0 ? MIGRATE_0_TO_1 : MIGRATE_1_TO_2;
+  db.transaction(() => db.exec(script)).immediate();
   return found;
 }
 
@@ -162,6 +174,7 @@ export interface MessageRow {
   attempts: number;
   pending_recipients: number;
   finished_at: number | null;
+  after_id: string | null;
 }
 
 export interface StateCountRow {
@@ -230,6 +243,13 @@ export function prepareStatements(db: Database.Database) {
     expiredFailed: db.prepare(
       `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
     ),
+    setAfter: db.prepare(`UPDATE messages SET after_id = ? WHERE id = ?`),
+    /** The message's predecessor (ordered groups) is still to be delivered (delivered ones are deleted). */
+    blocked: db.prepare(
+      `SELECT 1 FROM messages AS m JOIN messages AS p ON p.id = m.after_id
+        WHERE m.id = ? AND p.state <> 'failed'`,
+    ),
+    receptionOf: db.prepare(`SELECT reception FROM messages WHERE id = ?`),
     probe: db.prepare(`INSERT OR REPLACE INTO spool_meta (key, value) VALUES ('write-probe', ?)`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
     deleteBody: db.prepare(`DELETE FROM bodies WHERE id = ?`),

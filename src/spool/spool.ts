@@ -23,6 +23,11 @@
  *   then only what was not yet recorded.
  * - `health()` says whether the last write (store, record, settle or probe) reached the disk;
  *   `isWritable()` probes with a real durable write.
+ * - `storeGroup` (OrderedGroupSpool) stores several messages in ONE commit: it resolves with their ids,
+ *   in order, only once all of them are durable (fsync), and on failure rejects with SpoolWriteError
+ *   and keeps none of them. The messages are delivered in order: message i+1 is not leased while
+ *   message i is still waiting (queued, sending or deferred); once i is delivered, suppressed or failed,
+ *   i+1 is due. A restart keeps both rules (the link is stored with the message).
  */
 import type { Readable } from 'node:stream';
 import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
@@ -88,6 +93,23 @@ export interface FailedMessage {
   reception: Reception;
   outcomes: RecipientOutcome[];
   finishedAt: number;
+}
+
+/** One message of a group stored with `storeGroup`. */
+export interface GroupMessage {
+  envelope: Envelope;
+  body: Readable;
+  reception: Omit<Reception, 'receivedAt'>;
+  /** Name of the upstream this message must leave through (see `routeOf`); absent: the default one. */
+  route?: string;
+}
+
+/** Several messages stored in one commit and delivered one after the other (the autoresponder's replies). */
+export interface OrderedGroupSpool {
+  /** Consume every body, store all messages in ONE commit; resolves with their ids (in order) after fsync. */
+  storeGroup(messages: GroupMessage[]): Promise<MessageId[]>;
+  /** The route stored with a message by `storeGroup`, or undefined. */
+  routeOf(id: MessageId): string | undefined;
 }
 
 export interface Spool {

@@ -16,6 +16,9 @@
  *   fsynced, renamed to `<id>.eml`; the directory is fsynced once per batch before the COMMIT that
  *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
  *   no row, which `open()` removes (as it removes `.tmp` leftovers).
+ * - Ordered groups (`storeGroup`, the autoresponder's replies to one request, spool-group.ts): all
+ *   messages of a group are inserted by ONE operation of one group commit, each linked to its predecessor
+ *   by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be delivered.
  * - Leases live in memory: after a restart every unfinished message is due again (at-least-once). A
  *   record or settle whose write fails keeps its lease (and the message out of circulation) until it is
  *   retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when it cannot write it.
@@ -48,6 +51,7 @@ import {
 } from './body-files';
 import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
 import { newQueueId } from './queue-id';
+import { bodyFileMembers, insertGroup, readGroupBodies, type GroupMember } from './spool-group';
 import {
   configureAndMigrate,
   parseReception,
@@ -73,6 +77,8 @@ import { isStorageError, WriteHealth } from './write-health';
 import {
   SpoolWriteError,
   type FailedMessage,
+  type GroupMessage,
+  type OrderedGroupSpool,
   type QueuedMessage,
   type SettleOptions,
   type Spool,
@@ -102,7 +108,7 @@ const PROBE_BYTES = 64 * 1024;
 
 type StateCounts = Record<StoredMessageState, number>;
 
-export class SqliteSpool implements Spool {
+export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly leases = new LeaseTable();
   private readonly storesInFlight = new Set<Promise<unknown>>();
   private closed = false;
@@ -266,6 +272,80 @@ export class SqliteSpool implements Spool {
     return id;
   }
 
+  // ---------------------------------------------------------------- ordered groups
+
+  storeGroup(messages: GroupMessage[]): Promise<MessageId[]> {
+    const promise = this.storeGroupMessages(messages);
+    this.storesInFlight.add(promise);
+    const forget = (): void => {
+      this.storesInFlight.delete(promise);
+    };
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  routeOf(id: MessageId): string | undefined {
+    this.assertOpen();
+    const json = this.stmt.receptionOf.pluck().get(id) as string | undefined;
+    if (json === undefined) return undefined;
+    const route = (JSON.parse(json) as { route?: unknown }).route;
+    return typeof route === 'string' ? route : undefined;
+  }
+
+  /** True when the message was stored after another one (storeGroup) that is still to be delivered. */
+  private isBlocked(id: MessageId): boolean {
+    return this.stmt.blocked.get(id) !== undefined;
+  }
+
+  private async storeGroupMessages(messages: GroupMessage[]): Promise<MessageId[]> {
+    if (this.closed || messages.some((m) => m.envelope.recipients.length === 0)) {
+      for (const m of messages) m.body.destroy();
+      if (this.closed) throw new SpoolWriteError('spool is closed');
+      throw new TypeError('an envelope needs at least one recipient');
+    }
+    let members: GroupMember[];
+    try {
+      members = await readGroupBodies(messages, { bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
+    } catch (err) {
+      spoolWriteErrors.inc({ stage: 'body' });
+      if (isStorageError(err)) this.writeHealth.failed(err);
+      this.logger.warn({ err }, 'message group bodies not stored');
+      throw new SpoolWriteError('message body could not be stored', err);
+    }
+    if (members.length === 0) return [];
+    const files = bodyFileMembers(members);
+    try {
+      await this.committer.run<void>(
+        () => {
+          const recipients = insertGroup(this.stmt, members, Date.now());
+          return {
+            value: undefined,
+            onCommit: () => {
+              this.byState.queued += members.length;
+              this.pendingRecipients += recipients;
+            },
+          };
+        },
+        {
+          syncBodiesDir: files.length > 0,
+          onAbort: files.length
+            ? async () => {
+                for (const m of files)
+                  await this.removeUncommittedBody(m.id, bodyFilePath(this.bodiesDir, m.id));
+              }
+            : undefined,
+        },
+      );
+    } catch (err) {
+      spoolWriteErrors.inc({ stage: 'commit' });
+      this.logger.warn({ queueIds: members.map((m) => m.id), err }, 'message group not committed to spool');
+      throw err instanceof SpoolWriteError
+        ? err
+        : new SpoolWriteError('message group could not be committed', err);
+    }
+    return members.map((m) => m.id);
+  }
+
   // ---------------------------------------------------------------- delivery side
 
   lease(max: number, now: number = Date.now()): QueuedMessage[] {
@@ -273,7 +353,7 @@ export class SqliteSpool implements Spool {
     const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
     if (max <= 0) return leased;
     for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (!this.leases.leasable(row.id, now)) continue;
+      if (!this.leases.leasable(row.id, now) || this.isBlocked(row.id)) continue;
       const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
       if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
       leased.push({
@@ -297,7 +377,7 @@ export class SqliteSpool implements Spool {
     this.assertOpen();
     const next = this.leases.earliestHold();
     for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (this.leases.has(row.id) || this.leases.heldBack(row.id)) continue;
+      if (this.leases.has(row.id) || this.leases.heldBack(row.id) || this.isBlocked(row.id)) continue;
       return next === undefined ? row.due_at : Math.min(next, row.due_at);
     }
     return next;
