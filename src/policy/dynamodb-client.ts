@@ -29,6 +29,9 @@ export function createDynamoDbClient(options: DynamoDbClientOptions = {}): Dynam
     requestHandler: {
       connectionTimeout: options.connectionTimeoutMs ?? 2_000,
       requestTimeout: options.requestTimeoutMs ?? 5_000,
+      // Without it @smithy/node-http-handler only logs a warning when requestTimeout passes, and a table
+      // endpoint that accepts the connection but never answers holds a delivery (or an AUTH) for ever.
+      throwOnRequestTimeout: true,
     },
   });
 }
