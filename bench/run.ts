@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark in turn, each printing its own table (see docs/benchmarks.md).
- * BENCH_QUICK=1 for a smoke run with small numbers. BENCH_ONLY=rate,ingress,shared,throttle to pick
+ * BENCH_QUICK=1 for a smoke run with small numbers. BENCH_ONLY=rate,ingress,shared,throttle,fairness to pick
  * some.
  */
 import fs from 'node:fs';
@@ -9,6 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { main as rateAccuracy } from './rate-accuracy';
 import { main as ingress } from './ingress';
 import { main as throttleReaction } from './throttle-reaction';
+import { main as tenantFairness } from './tenant-fairness';
 import { quickMode } from './lib/report';
 
 interface Bench {
@@ -36,6 +37,7 @@ export async function main(): Promise<void> {
     { key: 'ingress', run: ingress },
     { key: 'shared', run: sharedRate },
     { key: 'throttle', run: throttleReaction },
+    { key: 'fairness', run: tenantFairness },
   ];
   const only = (process.env.BENCH_ONLY ?? '')
     .split(',')
