@@ -274,8 +274,15 @@ export async function main(): Promise<void> {
   const shortWindow = quick ? 20_000 : 60_000;
   const policyDir = tempDir('bench-fairness-');
   const rows: Result[] = [];
+  const done = (r: Result) => {
+    rows.push(r);
+    console.log(
+      `  ${r.title}: bulk ${r.bulkDelivered}/${bulk} at ${fixed(r.bulkRate, 1)}/s, ` +
+        `trickle ${r.trickleDelivered}/${r.trickleSent}, median wait ${fixed(percentile(r.waits, 50) / 1000, 1)} s`,
+    );
+  };
   try {
-    if (rowsWanted.includes('relay')) rows.push(await relayRow(bulk, bound(), policyDir));
+    if (rowsWanted.includes('relay')) done(await relayRow(bulk, bound(), policyDir));
     for (const key of ['p1', 'p2']) {
       if (!rowsWanted.includes(key)) continue;
       if (noPostfix) {
@@ -300,15 +307,10 @@ export async function main(): Promise<void> {
               shortWindow,
               Date.now() + shortWindow + 30_000,
             );
-      rows.push(row);
+      done(row);
     }
   } finally {
     fs.rmSync(policyDir, { recursive: true, force: true });
-  }
-  for (const r of rows) {
-    console.log(
-      `  ${r.title}: bulk ${r.bulkDelivered}/${bulk} at ${fixed(r.bulkRate, 1)}/s, trickle ${r.trickleDelivered}/${r.trickleSent}`,
-    );
   }
   console.log(
     `\nBulk: ${bulk} single-recipient messages from one user over 10 pooled connections, submitted at once; ` +

@@ -65,6 +65,8 @@ interface Row {
   drained: boolean;
   /** Accepted recipients per 5 s slice, as a fraction of the true rate (the shape of the drain). */
   timeline: number[];
+  /** When SES refused a transaction (seconds after the first arrival). */
+  refusedAt: number[];
 }
 
 export function backlog(recipients: number, tag: string): BenchMessage[] {
@@ -213,7 +215,9 @@ async function measure(s: Scenario, rate: number): Promise<Row> {
     const run = s.who === 'relay' ? runRelays : runPostfix;
     const drained = await run(s, ses, messages, limit);
     const stats = drainStats(ses, { expected: recipients, capacity: rate, rate });
-    return { scenario: s, stats, drained, timeline: timeline(ses, rate) };
+    const first = Math.min(...ses.messages.map((m) => m.at), ...ses.refusals.map((r) => r.at));
+    const refusedAt = ses.refusals.map((r) => (r.at - first) / 1000);
+    return { scenario: s, stats, drained, timeline: timeline(ses, rate), refusedAt };
   } finally {
     await ses.close();
   }
@@ -289,7 +293,13 @@ export async function main(): Promise<void> {
     const row = await measure(s, rate);
     console.log(
       `  ${s.title}: ${row.stats.accepted}/${row.stats.expected} recipients in ${fixed(row.stats.seconds, 1)} s, ` +
-        `${row.stats.refused} refused; per 5 s / true rate: ${row.timeline.map((x) => fixed(x, 2)).join(' ')}`,
+        `${row.stats.refused} refused; per 5 s / true rate: ${row.timeline.map((x) => fixed(x, 2)).join(' ')}` +
+        (row.refusedAt.length
+          ? `; 454 at +${row.refusedAt
+              .slice(0, 12)
+              .map((x) => fixed(x, 1))
+              .join(' +')} s${row.refusedAt.length > 12 ? ` ... (${row.refusedAt.length} in all)` : ''}`
+          : ''),
     );
     rows.push(row);
   }
