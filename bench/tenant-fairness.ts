@@ -20,7 +20,7 @@
  *   p2. `smtp_destination_rate_delay = 1s`, the finest it has, bounded to a short window (the drain would
  *       take hours).
  *
- *   BENCH_ONLY=fairness npm run bench        (full: ~20 min)      BENCH_QUICK=1 ... (~3 min)
+ *   BENCH_ONLY=fairness npm run bench        (full: ~25 min)      BENCH_QUICK=1 ... (~3 min)
  *   env: BENCH_FAIRNESS_BULK (default 20000, quick 2000), BENCH_FAIRNESS_ROWS (default "relay,p1,p2"),
  *        BENCH_FAIRNESS_POLICY (JSON for the policy file, default {"trickle":{"priority":"high"}})
  */
