@@ -149,7 +149,10 @@ describe('delivery status notifications (BOUNCE_FROM set)', () => {
       'From: app@example.com\r\nTo: someone@example.net\r\nSubject: order 42\r\n',
     );
     assert.equal(notificationsAbout(ses, id).length, 1, 'one notification per message per event');
-    assert.equal(metricValue(await relay.metrics(), 'ses_relay_notifications_total', { type: 'failure' }), 1);
+    const m = await relay.metrics();
+    assert.equal(metricValue(m, 'ses_relay_notifications_total', { type: 'failure' }), 1);
+    // Through the same rate limiter: the message's transaction and the notification's took tokens.
+    assert.equal(metricValue(m, 'ses_relay_limiter_wait_seconds_count'), 2);
   });
 
   test('RET=FULL returns the whole message; without RET a small one too, a large one only its headers', async () => {
