@@ -220,6 +220,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   });
   registerQueueMetrics(spool);
   registerNotificationMetrics(() => spool.pendingNotificationCount());
+  const owed = spool.pendingNotificationCount();
+  if (!n && owed > 0) {
+    logger.warn(
+      { event: 'notification:owed-unsent', owed },
+      `${owed} delivery status notifications are owed but BOUNCE_FROM is unset: they wait until it is set again`,
+    );
+  }
   const { policy, authenticator } = buildPolicy(config, logger);
   const plan = await planRate(config, logger);
   const limiter = await buildLimiter(config, logger, plan);

@@ -306,10 +306,12 @@ export function prepareStatements(db: Database.Database) {
         WHERE id = ?`,
     ),
     failed: db.prepare(`SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`),
-    // A failed message whose notification is still owed is kept: RET=FULL returns its body.
+    // A failed message whose notification is still owed is kept (RET=FULL returns its body), for one more
+    // retention period at most: with BOUNCE_FROM unset nothing composes it (the owed row keeps the headers).
     expiredFailed: db.prepare(
-      `SELECT id, body_in_file FROM messages m WHERE state = 'failed' AND finished_at < ?
-          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.message_id = m.id) LIMIT ?`,
+      `SELECT id, body_in_file FROM messages m WHERE state = 'failed' AND finished_at < @cutoff
+          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.message_id = m.id AND n.created_at >= @cutoff)
+        LIMIT @limit`,
     ),
     setAfter: db.prepare(`UPDATE messages SET after_id = ? WHERE id = ?`),
     /** The message's predecessor (ordered groups) is still to be delivered (delivered ones are deleted). */
