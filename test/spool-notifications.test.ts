@@ -117,11 +117,14 @@ describe('owed notifications', () => {
 
   test('a failed message whose notification is owed is not pruned; once composed it is', async () => {
     const { spool } = await openSpool({ failedRetentionMs: 1 });
+    // (Owed for longer than a second retention period, nothing composed it: BOUNCE_FROM was unset; then
+    // the message goes, and the owed row keeps its headers. Here the retention is 1 ms: kept a little.)
     await spool.store(envelope('a@example.net'), body(), reception);
     const [m] = spool.lease(1);
     await spool.settle(m.id, [{ recipient: 'a@example.net', status: 'failed', code: 550, reply: '550 no' }]);
     await new Promise((r) => setTimeout(r, 5));
-    assert.equal(await spool.prune(), 0);
+    const finishedAt = spool.listFailed()[0].finishedAt;
+    assert.equal(await spool.prune(finishedAt + 1.5), 0, 'past retention, kept for the owed notification');
     assert.ok(spool.hasMessage(m.id), 'kept: RET=FULL may return its body');
     const [p] = spool.pendingNotifications();
     await spool.storeNotification(p.id, {
@@ -130,6 +133,17 @@ describe('owed notifications', () => {
       reception: { clientAddress: 'local', notification: 'failure', notificationFor: m.id },
     });
     assert.equal(await spool.prune(), 1);
+  });
+
+  test('an owed notification nothing composes pins its message for one more retention period only', async () => {
+    const { spool } = await openSpool({ failedRetentionMs: 1000 });
+    await spool.store(envelope('a@example.net'), body(), reception);
+    const [m] = spool.lease(1);
+    await spool.settle(m.id, [{ recipient: 'a@example.net', status: 'failed', code: 550, reply: '550 no' }]);
+    const finishedAt = spool.listFailed()[0].finishedAt;
+    assert.equal(await spool.prune(finishedAt + 1500), 0);
+    assert.equal(await spool.prune(finishedAt + 2500), 1);
+    assert.equal(spool.pendingNotificationCount(), 1, 'the owed row stays (it carries the headers)');
   });
 
   test('NOTIFY rules: NEVER none, SUCCESS explicit only, null sender and BOUNCE_FROM never', async () => {

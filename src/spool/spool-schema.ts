@@ -310,7 +310,7 @@ export function prepareStatements(db: Database.Database) {
     // retention period at most: with BOUNCE_FROM unset nothing composes it (the owed row keeps the headers).
     expiredFailed: db.prepare(
       `SELECT id, body_in_file FROM messages m WHERE state = 'failed' AND finished_at < @cutoff
-          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.message_id = m.id AND n.created_at >= @cutoff)
+          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.message_id = m.id AND n.created_at >= @stale)
         LIMIT @limit`,
     ),
     setAfter: db.prepare(`UPDATE messages SET after_id = ? WHERE id = ?`),

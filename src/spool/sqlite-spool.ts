@@ -715,7 +715,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     let removed = 0;
     for (;;) {
       const count = await this.committer.run<number>(() => {
-        const victims = this.stmt.expiredFailed.all({ cutoff, limit: PRUNE_CHUNK }) as Array<{
+        const victims = this.stmt.expiredFailed.all({ cutoff, stale: cutoff - this.failedRetentionMs, limit: PRUNE_CHUNK }) as Array<{
           id: string;
           body_in_file: number;
         }>;
