@@ -15,10 +15,12 @@
  *   notifications are on one `operator-bounce` notification owed in the same transaction.
  */
 import { STORED_MESSAGE_STATES, type MessageId, type StoredMessageState } from '../types';
+import type Database from 'better-sqlite3';
+import type { OpResult } from './group-commit';
+import type { LeaseTable } from './spool-leases';
 import type { NotificationLedger } from './spool-notifications';
 import { deleteMessage } from './spool-outcomes';
 import type { MessageRow, SpoolStatements } from './spool-schema';
-import type Database from 'better-sqlite3';
 
 export const QUEUE_ACTIONS = ['retry', 'hold', 'release', 'delete', 'bounce'] as const;
 export type QueueActionKind = (typeof QUEUE_ACTIONS)[number];
@@ -192,5 +194,62 @@ function applyOne(ctx: Context, kind: QueueActionKind, row: MessageRow, fx: Acti
       fx.pendingRecipientsDelta -= row.pending_recipients;
       return;
     }
+  }
+}
+
+/** What `performAction` needs of the spool (SqliteSpool.act). */
+export interface ActionHost {
+  stmt: SpoolStatements;
+  a: ActionStatements;
+  ledger: NotificationLedger;
+  leases: LeaseTable;
+  /** Run one operation in the group commit; resolves once committed. */
+  commit(apply: () => OpResult<ActionEffects>): Promise<ActionEffects>;
+  /** The spool's bookkeeping once the operation committed. */
+  committed(fx: ActionEffects): void;
+  /** A notification was owed (called once the messages are unpinned). */
+  notificationOwed(): void;
+}
+
+/**
+ * Resolve the action's messages, pin them (never leased from now on), wait up to `waitMs` for attempts in
+ * progress on them to end, then apply the action to all of them in ONE group-commit operation.
+ */
+export async function performAction(
+  host: ActionHost,
+  action: QueueAction,
+  waitMs: number,
+): Promise<QueueActionResult> {
+  const { leases } = host;
+  const unknown: MessageId[] = [];
+  const unchanged: QueueActionResult['unchanged'] = [];
+  let targets: MessageId[] = [];
+  if (action.all) {
+    targets = selectAll(host.a, action, leases.leasedIds());
+  } else {
+    for (const id of new Set(action.ids ?? [])) {
+      const row = host.stmt.message.get(id) as MessageRow | undefined;
+      if (!row) unknown.push(id);
+      else if (action.state === 'sending' && !leases.has(id)) unchanged.push({ id, state: row.state });
+      else targets.push(id);
+    }
+  }
+  for (const id of targets) leases.pin(id);
+  let notified = false;
+  try {
+    const deadline = Date.now() + waitMs;
+    for (const id of targets) await leases.whenUnleased(id, Math.max(0, deadline - Date.now()));
+    const ctx = { stmt: host.stmt, a: host.a, ledger: host.ledger, now: Date.now() };
+    const fx = await host.commit(() => {
+      const effects = applyAction(ctx, action, targets, (id) => leases.has(id));
+      return { value: effects, onCommit: () => host.committed(effects) };
+    });
+    fx.result.unknown.push(...unknown);
+    fx.result.unchanged.push(...unchanged);
+    notified = fx.notified;
+    return fx.result;
+  } finally {
+    for (const id of targets) leases.unpin(id);
+    if (notified) host.notificationOwed();
   }
 }

@@ -78,9 +78,8 @@ import {
 import { LeaseTable } from './spool-leases';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
-  applyAction,
+  performAction,
   prepareActionStatements,
-  selectAll,
   type ActionEffects,
   type ActionStatements,
   type QueueAction,
@@ -585,37 +584,19 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
    */
   async act(action: QueueAction, waitMs = ACTION_WAIT_MS): Promise<QueueActionResult> {
     this.assertOpen();
-    const unknown: MessageId[] = [];
-    const unchanged: QueueActionResult['unchanged'] = [];
-    let targets: MessageId[] = [];
-    if (action.all) {
-      targets = selectAll(this.actionStmt, action, this.leases.leasedIds());
-    } else {
-      for (const id of new Set(action.ids ?? [])) {
-        const row = this.stmt.message.get(id) as MessageRow | undefined;
-        if (!row) unknown.push(id);
-        else if (action.state === 'sending' && !this.leases.has(id)) unchanged.push({ id, state: row.state });
-        else targets.push(id);
-      }
-    }
-    for (const id of targets) this.leases.pin(id);
-    let notified = false;
-    try {
-      const deadline = Date.now() + waitMs;
-      for (const id of targets) await this.leases.whenUnleased(id, Math.max(0, deadline - Date.now()));
-      const ctx = { stmt: this.stmt, a: this.actionStmt, ledger: this.ledger, now: Date.now() };
-      const fx = await this.committer.run<ActionEffects>(() => {
-        const effects = applyAction(ctx, action, targets, (id) => this.leases.has(id));
-        return { value: effects, onCommit: () => this.afterAction(effects) };
-      });
-      fx.result.unknown.push(...unknown);
-      fx.result.unchanged.push(...unchanged);
-      notified = fx.notified;
-      return fx.result;
-    } finally {
-      for (const id of targets) this.leases.unpin(id);
-      if (notified) this.onNotificationOwed();
-    }
+    return performAction(
+      {
+        stmt: this.stmt,
+        a: this.actionStmt,
+        ledger: this.ledger,
+        leases: this.leases,
+        commit: (apply) => this.committer.run(apply),
+        committed: (fx) => this.afterAction(fx),
+        notificationOwed: () => this.onNotificationOwed(),
+      },
+      action,
+      waitMs,
+    );
   }
 
   private afterAction(fx: ActionEffects): void {
@@ -715,7 +696,11 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     let removed = 0;
     for (;;) {
       const count = await this.committer.run<number>(() => {
-        const victims = this.stmt.expiredFailed.all({ cutoff, stale: cutoff - this.failedRetentionMs, limit: PRUNE_CHUNK }) as Array<{
+        const victims = this.stmt.expiredFailed.all({
+          cutoff,
+          stale: cutoff - this.failedRetentionMs,
+          limit: PRUNE_CHUNK,
+        }) as Array<{
           id: string;
           body_in_file: number;
         }>;
