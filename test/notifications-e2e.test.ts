@@ -88,6 +88,11 @@ describe('delivery status notifications (BOUNCE_FROM set)', () => {
       const long = await c.command(`MAIL FROM:<app@example.com> ENVID=${'x'.repeat(101)}`);
       assert.equal(long.code, 501);
       assert.match(long.text, /5\.5\.4 Invalid DSN parameter \(ENVID longer than 100 characters\)/);
+      // CR LF smuggled through xtext into a value copied into the notification: refused by smtp-server.
+      assert.equal(
+        (await c.command('MAIL FROM:<app@example.com> ENVID=a+0D+0ABcc:+20x@evil.example')).code,
+        501,
+      );
       assert.equal((await c.command('MAIL FROM:<app@example.com> ENVID=ok-1')).code, 250);
       const bad = await c.command('RCPT TO:<a@example.net> ORCPT=rfc822;caf+C3+A9@example.net');
       assert.equal(bad.code, 501);
