@@ -2,6 +2,7 @@
 #
 #   docker build -t ses-email-service .
 #   docker run -p 1025:1025 -p 9464:9464 -v ses-spool:/var/spool/ses-relay ses-email-service
+#   docker exec <container> ses-relay queue summary        (the operator's tools, on PATH)
 #
 # The base image is a build argument so that CI (or an air-gapped host) can substitute its own Debian +
 # Node image; see scripts/container-base-image.sh and docs/operations.md.
@@ -68,8 +69,15 @@ RUN mkdir -p /var/spool/ses-relay/queue /var/spool/ses-relay/outbox \
   && chown -R node:node /var/spool/ses-relay
 VOLUME /var/spool/ses-relay
 
+# The operator's tools as one command on PATH, compiled JavaScript with production dependencies only:
+# `ses-relay queue ...` (the spool) and `ses-relay blocklist ...` (suppression list, API keys).
+RUN chmod 0755 /app/dist/cli/ses-relay.js \
+  && ln -s /app/dist/cli/ses-relay.js /usr/local/bin/ses-relay
+
 USER node
-EXPOSE 1025 9464
+# 1025: SMTP for applications; 9464: metrics and health; 2525: the autoresponder's MX-facing listener
+# (AUTORESPONDER_PORT, only when AUTORESPONDER_CONFIG is set).
+EXPOSE 1025 9464 2525
 
 # No curl in the slim image: node itself asks /healthz on the metrics port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \

@@ -49,6 +49,8 @@ export interface IngressConfig {
   socketTimeoutMs: number;
   /** Delay before the 220 greeting (smtp-server's early-talker check; 0 = greet at once, as Postfix). */
   greetingDelayMs: number;
+  /** Advertise DSN (RFC 3461) and keep its parameters: on when notifications are (BOUNCE_FROM). */
+  dsn: boolean;
 }
 
 export interface SpoolConfig {
@@ -169,6 +171,20 @@ export interface AutoresponderConfig {
   dataDir: string;
 }
 
+/** Delivery status notifications (RFC 3464) to senders; on when BOUNCE_FROM is set. */
+export interface NotificationsConfig {
+  /** The notifications' From header: BOUNCE_FROM as configured, or `Mail Delivery System <address>`. */
+  from: string;
+  /** Its bare address: the notifications' envelope sender (a verified SES identity). */
+  bounceFrom: string;
+  /** DELAY_WARNING_TIME; 0 = no delay warnings (the default, as Postfix's delay_warning_time). */
+  delayWarningMs: number;
+  /** Reporting-MTA of the reports (SERVER_FQDN). */
+  reportingMta: string;
+  /** MAX_QUEUE_AGE (Will-Retry-Until of delay warnings). */
+  maxQueueAgeMs: number;
+}
+
 export interface Config {
   ingress: IngressConfig;
   spool: SpoolConfig;
@@ -178,6 +194,8 @@ export interface Config {
   observability: ObservabilityConfig;
   /** Undefined when the autoresponder is off (AUTORESPONDER_CONFIG unset). */
   autoresponder?: AutoresponderConfig;
+  /** Undefined when notifications are off (BOUNCE_FROM unset): senders hear nothing, as before. */
+  notifications?: NotificationsConfig;
 }
 
 export const DEFAULT_TRUSTED_NETWORKS = [
@@ -355,6 +373,8 @@ const specs = {
   }),
   MAX_QUEUE_AGE: duration({ default: 5 * 24 * 3600_000 }),
   SHUTDOWN_TIMEOUT: duration({ default: 25_000 }),
+  BOUNCE_FROM: str({ default: '' }),
+  DELAY_WARNING_TIME: duration({ default: 0 }),
 
   SES_RATE_LIMIT: rateOrAuto({ default: 14 }),
   SES_RATE_FRACTION: positiveNumber({ default: 1 }),
@@ -474,6 +494,33 @@ function autoresponderSource(value: string): AutoresponderSource {
 }
 
 type CleanEnv = ReturnType<typeof cleanEnv<typeof specs>>;
+
+/** The notifications section (undefined without BOUNCE_FROM), with its cross-variable checks. */
+function notificationsConfig(e: CleanEnv, serverName: string): NotificationsConfig | undefined {
+  if (!e.BOUNCE_FROM.trim()) {
+    if (e.DELAY_WARNING_TIME > 0)
+      throw new ConfigError('DELAY_WARNING_TIME', 'needs BOUNCE_FROM (delay warnings are notifications)');
+    return undefined;
+  }
+  const bounceFrom = bareAddress(e.BOUNCE_FROM);
+  if (!bounceFrom) {
+    throw new ConfigError(
+      'BOUNCE_FROM',
+      'is not an address (mailer-daemon@example.com, or Name <mailer-daemon@example.com>)',
+    );
+  }
+  if (e.DELAY_WARNING_TIME > 0 && e.DELAY_WARNING_TIME >= e.MAX_QUEUE_AGE) {
+    throw new ConfigError('DELAY_WARNING_TIME', 'must be shorter than MAX_QUEUE_AGE');
+  }
+  const from = e.BOUNCE_FROM.includes('<') ? e.BOUNCE_FROM.trim() : `Mail Delivery System <${bounceFrom}>`;
+  return {
+    from,
+    bounceFrom,
+    delayWarningMs: e.DELAY_WARNING_TIME,
+    reportingMta: serverName,
+    maxQueueAgeMs: e.MAX_QUEUE_AGE,
+  };
+}
 
 /** The autoresponder section, with its cross-variable checks (undefined when AUTORESPONDER_CONFIG is unset). */
 function autoresponderConfig(e: CleanEnv, spoolDir: string): AutoresponderConfig | undefined {
@@ -611,12 +658,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const spoolDir = path.resolve(e.SPOOL_DIR);
   const burst = e.SES_BURST ?? Math.max(1, Math.ceil(rate));
+  const serverName = e.SERVER_FQDN || os.hostname();
+  const notifications = notificationsConfig(e, serverName);
 
   return {
     ingress: {
       host: e.SMTP_HOST,
       port: e.SMTP_PORT,
-      serverName: e.SERVER_FQDN || os.hostname(),
+      serverName,
       implicitTls: e.ENABLE_SSL,
       tls,
       users: e.SMTP_USERS,
@@ -631,6 +680,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxClients: e.SMTP_MAX_CLIENTS,
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT,
       greetingDelayMs: e.SMTP_GREETING_DELAY,
+      dsn: notifications !== undefined,
     },
     spool: { dir: spoolDir, failedRetentionMs: e.SPOOL_FAILED_RETENTION },
     egress: {
@@ -681,5 +731,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       logLevel: e.LOG_LEVEL as ObservabilityConfig['logLevel'],
     },
     autoresponder: autoresponderConfig(e, spoolDir),
+    notifications,
   };
 }

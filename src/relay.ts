@@ -1,6 +1,7 @@
 /**
  * Builds the relay's parts from a Config and wires their start and stop:
- * ingress (SMTP listener) → spool → dispatcher (policy → limiter → transport), observability beside.
+ * ingress (SMTP listener) → spool → dispatcher (policy → limiter → transport), observability beside; the
+ * notifier (delivery status notifications, BOUNCE_FROM) and the queue-action socket on the spool.
  * main.ts calls startRelay(); tests may call it in-process too.
  */
 import type { AddressInfo } from 'node:net';
@@ -29,6 +30,9 @@ import type { Logger } from './observability/logger';
 import type { Autoresponder } from './autoresponder/autoresponder';
 import type { DnsResolver } from './autoresponder/dkim-check';
 import { withAutoresponderRoutes } from './autoresponder/routing-transport';
+import { Notifier } from './notifications/notifier';
+import { registerNotificationMetrics } from './notifications/notification-metrics';
+import { QueueControlServer } from './spool/queue-control';
 
 type AutoresponderModule = typeof import('./autoresponder/autoresponder');
 
@@ -175,14 +179,54 @@ async function startAutoresponderFrontDoor(
   });
 }
 
+/** Where SES is, for the notifications' Remote-MTA field. */
+function remoteMta(config: Config): string | undefined {
+  const e = config.egress;
+  if (e.transport === 'smtp') return e.sesHost;
+  if (e.transport === 'api' && e.region) return `email.${e.region}.amazonaws.com`;
+  return undefined;
+}
+
+/** The notifier when BOUNCE_FROM is set (undefined otherwise). */
+function buildNotifier(config: Config, spool: SqliteSpool, logger: Logger, stored: () => void) {
+  const n = config.notifications;
+  if (!n) return undefined;
+  const settings = {
+    from: n.from,
+    bounceFrom: n.bounceFrom,
+    reportingMta: n.reportingMta,
+    remoteMta: remoteMta(config),
+  };
+  return new Notifier({ spool, settings, logger, stored });
+}
+
 export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
   const { logger } = options;
+  // Set once the dispatcher exists; the spool calls it when a commit made a notification owed.
+  const late: { notifier?: Notifier } = {};
+  const n = config.notifications;
   const spool = await SqliteSpool.open({
     dir: config.spool.dir,
     failedRetentionMs: config.spool.failedRetentionMs,
     logger,
+    notifications: n && {
+      bounceFrom: n.bounceFrom,
+      delayWarningMs: n.delayWarningMs,
+      maxQueueAgeMs: n.maxQueueAgeMs,
+    },
+    onNotificationOwed: () => late.notifier?.poke(),
+    // A queue tool acting on the stopped relay's spool holds the lock for one transaction: wait for it.
+    lockWaitMs: 10_000,
   });
   registerQueueMetrics(spool);
+  registerNotificationMetrics(() => spool.pendingNotificationCount());
+  const owed = spool.pendingNotificationCount();
+  if (!n && owed > 0) {
+    logger.warn(
+      { event: 'notification:owed-unsent', owed },
+      `${owed} delivery status notifications are owed but BOUNCE_FROM is unset: they wait until it is set again`,
+    );
+  }
   const { policy, authenticator } = buildPolicy(config, logger);
   const plan = await planRate(config, logger);
   const limiter = await buildLimiter(config, logger, plan);
@@ -218,9 +262,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     logger,
   });
 
+  const notifier = buildNotifier(config, spool, logger, () => dispatcher.wake());
+  late.notifier = notifier;
+
   let smtp: SmtpListener | undefined;
   let autoresponder: Autoresponder | undefined;
   let http: HttpServer | undefined;
+  let control: QueueControlServer | undefined;
   const readiness = async (): Promise<ReadinessReport> => {
     const writable = await spool.isWritable();
     const checks: ReadinessReport['checks'] = {
@@ -244,6 +292,16 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       logger,
     });
     dispatcher.start();
+    notifier?.start();
+    control = await QueueControlServer.start({
+      spoolDir: config.spool.dir,
+      logger,
+      act: async (action) => {
+        const result = await spool.act(action);
+        if (result.changed.length) dispatcher.wake();
+        return result;
+      },
+    });
     smtp = createSmtpListener({
       config: config.ingress,
       spool: wakingSpool(spool, () => dispatcher.wake()),
@@ -259,8 +317,10 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       wake: () => dispatcher.wake(),
     });
   } catch (err) {
+    await control?.close().catch(() => {});
     await smtp?.close(0).catch(() => {});
     await dispatcher.stop(0).catch(() => {});
+    await notifier?.stop().catch(() => {});
     await http?.close().catch(() => {});
     await transport.close().catch(() => {});
     plan.autoRate?.stop();
@@ -287,6 +347,8 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       rateSource: plan.account ? 'ses' : 'config',
       limiter: config.limiter.redisUrl ? 'redis' : 'local',
       queued: spool.counts().pending,
+      notifications: n ? n.bounceFrom : 'off',
+      queueControl: control?.path,
     },
     'ses-email-service ready',
   );
@@ -296,7 +358,9 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     stopping ??= (async () => {
       const grace = config.egress.shutdownTimeoutMs;
       logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
+      await control?.close().catch((err) => logger.warn({ err }, 'queue control close failed'));
       await Promise.all([smtp!.close(grace), autoresponder?.stop(grace), dispatcher.stop(grace)]);
+      await notifier?.stop();
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
       plan.autoRate?.stop();
       plan.account?.stop();

@@ -67,6 +67,13 @@ export const REPLIES = {
     text: 'Bad sender address syntax',
     meaning: 'MAIL FROM is not a valid address.',
   },
+  badDsnParameter: {
+    code: 501,
+    enhanced: '5.5.4',
+    text: 'Invalid DSN parameter',
+    meaning:
+      'ENVID over 100 or ORCPT over 500 characters, or not printable US-ASCII after xtext decoding (RFC 3461 section 4); only when DSN is offered (BOUNCE_FROM).',
+  },
   badRecipientSyntax: {
     code: 553,
     enhanced: '5.1.3',

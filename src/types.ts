@@ -12,7 +12,43 @@ export interface Envelope {
   mailFrom: string;
   /** RCPT TO addresses, as the client gave them. */
   recipients: string[];
+  /** The client's DSN parameters (RFC 3461), when it gave any (only offered with BOUNCE_FROM set). */
+  dsn?: EnvelopeDsn;
 }
+
+/** NOTIFY keywords of RFC 3461 section 4.1 (`NEVER` stands alone). */
+export const DSN_NOTIFY_KEYWORDS = ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] as const;
+export type DsnNotifyKeyword = (typeof DSN_NOTIFY_KEYWORDS)[number];
+
+/** RET of RFC 3461 section 4.3: return the full message or only its headers in a failure notification. */
+export type DsnReturn = 'FULL' | 'HDRS';
+
+/** DSN parameters of one recipient (RCPT TO ... NOTIFY= ORCPT=), xtext-decoded. */
+export interface RecipientDsn {
+  notify?: DsnNotifyKeyword[];
+  /** `addr-type;address`, e.g. `rfc822;user@example.com`. */
+  orcpt?: string;
+}
+
+/** DSN parameters of one message (MAIL FROM ... RET= ENVID=) and of its recipients. */
+export interface EnvelopeDsn {
+  ret?: DsnReturn;
+  envid?: string;
+  /** By recipient address exactly as in `Envelope.recipients`. */
+  recipients?: Record<string, RecipientDsn>;
+}
+
+/**
+ * Why a delivery status notification (RFC 3464) is sent to a message's envelope sender — the `type` label
+ * of `ses_relay_notifications_total`:
+ * - `failure`: SES refused recipients for good (5xx);
+ * - `expiry`: recipients were still not delivered after MAX_QUEUE_AGE;
+ * - `operator-bounce`: an operator returned the message (`queue bounce`);
+ * - `delay`: a warning that the message is still being retried after DELAY_WARNING_TIME;
+ * - `relayed`: NOTIFY=SUCCESS was asked and SES (a next hop without DSN) accepted the recipient.
+ */
+export const NOTIFICATION_TYPES = ['failure', 'expiry', 'operator-bounce', 'delay', 'relayed'] as const;
+export type NotificationType = (typeof NOTIFICATION_TYPES)[number];
 
 /** Who handed the message to us, kept for logs and policy. */
 export interface Reception {
@@ -22,6 +58,10 @@ export interface Reception {
   authUser?: string;
   /** Time the spool acknowledged the message (ms since epoch). */
   receivedAt: number;
+  /** Set on a delivery status notification the relay generated itself: it never gets one of its own. */
+  notification?: NotificationType;
+  /** The queue id of the message a notification reports on. */
+  notificationFor?: MessageId;
 }
 
 /**
@@ -34,8 +74,8 @@ export interface Reception {
  *   `deferred` again, as the spool last recorded it).
  * - `deferred`: in the spool after a transient failure (4xx, network, throttling, an unavailable
  *   suppression list or limiter), until its next attempt on RETRY_SCHEDULE.
- * - `held`: reserved for an operator's hold/release (a later release); the schema accepts it, nothing sets
- *   it yet, and the dispatcher never leases a held message.
+ * - `held`: put aside by an operator (`queue hold`) until `queue release`: never leased, never expires while
+ *   held (the time held does not count towards MAX_QUEUE_AGE).
  * - `failed`: finished with at least one recipient `failed` or `expired`; kept for SPOOL_FAILED_RETENTION.
  * - `delivered`: finished, every recipient `delivered` or `suppressed`; removed from the spool.
  */

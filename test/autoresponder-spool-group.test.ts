@@ -153,11 +153,15 @@ test('a body that fails to read stores none of the group and leaves no file', as
 
 test('a version-1 spool (before ordered groups) gets the after_id column in place and keeps its mail', async () => {
   const dir = tempDir();
-  // A spool in today's layout, taken back to version 1: the layout without after_id.
+  // A spool in today's layout, taken back to version 1: the layout without after_id (version 2) and
+  // without the DSN, hold and notification additions (version 3).
   const { spool: fresh } = await open(dir);
   await fresh.close();
   const db = new Database(path.join(dir, 'spool.db'));
-  db.exec(`ALTER TABLE messages DROP COLUMN after_id; PRAGMA user_version = 1;`);
+  const laterColumns = ['after_id', 'dsn_ret', 'dsn_envid', 'held_at', 'held_ms', 'delay_warned'];
+  for (const column of laterColumns) db.exec(`ALTER TABLE messages DROP COLUMN ${column}`);
+  db.exec(`ALTER TABLE recipients DROP COLUMN dsn_notify; ALTER TABLE recipients DROP COLUMN dsn_orcpt;`);
+  db.exec(`DROP TABLE notifications; PRAGMA user_version = 1;`);
   const now = Date.now();
   db.prepare(
     `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at, attempts, pending_recipients)

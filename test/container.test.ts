@@ -1,9 +1,10 @@
 /**
  * Container smoke test: builds the real Dockerfile with podman (base image: a local Debian + Node stand-in
  * made by scripts/container-base-image.sh, since no registry is reachable), runs it next to a fake SES,
- * relays mail through it, checks /healthz, /readyz, /metrics and the image's HEALTHCHECK, stops it with
- * SIGTERM (clean exit 0) and starts a second container on the same spool volume, which delivers the
- * message the first one left deferred.
+ * relays mail through it, checks /healthz, /readyz, /metrics and the image's HEALTHCHECK, runs the
+ * operator's tools inside it (`ses-relay queue summary`, `ses-relay blocklist add` against dynalite:
+ * compiled JavaScript, no dev dependencies), stops it with SIGTERM (clean exit 0) and starts a second
+ * container on the same spool volume, which delivers the message the first one left deferred.
  *
  * Machines without podman/runc (or without root for debootstrap when the base image is missing) SKIP
  * this test with the reason printed; it never passes silently.
@@ -14,6 +15,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import nodemailer from 'nodemailer';
+import { startDynalite } from './helpers/dynalite';
 import { FAKE_REPLIES, startFakeSes, type FakeSes } from './helpers/fake-ses';
 import { freePort, metricValue, ROOT, TEST_CA } from './helpers/relay-process';
 
@@ -281,6 +283,7 @@ test(
       const c = image.Config;
       assert.equal(c.User, 'node');
       assert.ok(c.ExposedPorts?.['1025/tcp'] && c.ExposedPorts?.['9464/tcp'], 'EXPOSE 1025 9464');
+      assert.ok(c.ExposedPorts?.['2525/tcp'], 'EXPOSE 2525 (the autoresponder)');
       assert.ok(c.Volumes?.['/var/spool/ses-relay'], 'VOLUME /var/spool/ses-relay');
       assert.deepEqual(c.Cmd, ['node', 'dist/main.js'], 'exec-form CMD so node is PID 1 and gets SIGTERM');
       assert.ok(!c.Entrypoint?.length, 'no shell entrypoint in front of node');
@@ -341,6 +344,48 @@ test(
       assert.ok(metricValue(text, 'ses_relay_messages_received_total') >= 2, 'messages received');
       assert.ok(metricValue(text, 'ses_relay_recipients_delivered_total') >= 3, 'recipients delivered');
       assert.ok(metricValue(text, 'ses_relay_process_resident_memory_bytes') > 0, 'default process metrics');
+    });
+
+    await t.test('the tools in the image: ses-relay queue and ses-relay blocklist, without tsx', async () => {
+      const summary = await run('podman', ['exec', first, 'ses-relay', 'queue', 'summary']);
+      assert.equal(summary.code, 0, `ses-relay queue summary: ${summary.stdout}${summary.stderr}`);
+      assert.match(summary.stdout, /^queued: +\d+ messages/m);
+      assert.match(summary.stdout, /^recipients: /m);
+      const noTsx = await run('podman', ['exec', first, 'node', '-e', "require.resolve('tsx')"]);
+      assert.notEqual(noTsx.code, 0, 'dev dependencies are not in the image');
+
+      const db = await startDynalite();
+      try {
+        await db.createTable('container-suppression');
+        const env = Object.entries({ ...db.env, DYNAMODB_TABLE: 'container-suppression' }).flatMap(
+          ([k, v]) => ['--env', `${k}=${v}`],
+        );
+        const add = await run('podman', [
+          'exec',
+          ...env,
+          first,
+          'ses-relay',
+          'blocklist',
+          'add',
+          'Blocked@Example.com',
+          '--reason',
+          'container test',
+        ]);
+        assert.equal(add.code, 0, `ses-relay blocklist add: ${add.stdout}${add.stderr}`);
+        const check = await run('podman', [
+          'exec',
+          ...env,
+          first,
+          'ses-relay',
+          'blocklist',
+          'check',
+          'blocked@example.com',
+        ]);
+        assert.equal(check.code, 0, check.stderr);
+        assert.match(check.stdout, /blocked@example\.com: suppressed/);
+      } finally {
+        await db.close();
+      }
     });
 
     await t.test('SIGTERM: clean exit 0, deferred mail stays in the volume', async () => {

@@ -494,7 +494,7 @@ describe('compose stack, Kubernetes example, image', () => {
     assert.equal(dockerfile.match(/^FROM \$\{NODE_IMAGE\}/gm)?.length, 2, 'two stages from the same base');
     assert.match(dockerfile, /^USER node$/m);
     assert.match(dockerfile, /^VOLUME \/var\/spool\/ses-relay$/m);
-    assert.match(dockerfile, /^EXPOSE 1025 9464$/m);
+    assert.match(dockerfile, /^EXPOSE 1025 9464 2525$/m);
     assert.match(dockerfile, /^HEALTHCHECK [\s\S]*\/healthz/m);
     assert.match(dockerfile, /^CMD \["node", "dist\/main\.js"\]$/m);
     for (const label of ['version', 'revision', 'source']) {

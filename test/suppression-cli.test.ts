@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { runCli } from '../scripts/blocklist-cli';
+import { runCli } from '../src/cli/blocklist';
 import { silentLogger } from '../src/observability/logger';
 import { ApiKeyAuthenticator } from '../src/auth/api-keys';
 import { SuppressionList } from '../src/policy/suppression-list';
@@ -159,7 +159,7 @@ describe('blocklist CLI', () => {
     await cli('add', 'script@example.com');
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      ['--import', 'tsx', path.join('scripts', 'blocklist-cli.ts'), 'check', 'Script@Example.com'],
+      ['--import', 'tsx', path.join('src', 'cli', 'blocklist.ts'), 'check', 'Script@Example.com'],
       { cwd: ROOT, env: { ...process.env, ...db.env, ...env }, timeout: 30_000 },
     );
     assert.match(stdout, /script@example.com: suppressed/);

@@ -1,19 +1,23 @@
 /**
- * Read-only queue inspection for operators (like Postfix's `mailq` and `postcat`):
+ * The queue tool for operators: inspection (like Postfix's `mailq` and `postcat`) and actions (like
+ * `postsuper`; queue-actions.ts):
  *
- *   node dist/cli/queue.js summary [--json]
- *   node dist/cli/queue.js list [queued|deferred|held|failed] [--limit N] [--json]
- *   node dist/cli/queue.js show QUEUE-ID [--json]
- *   node dist/cli/queue.js body QUEUE-ID          (the stored bytes, as accepted, on stdout)
+ *   ses-relay queue summary [--json]              (npm run queue -- ..., node dist/cli/queue.js ...)
+ *   ses-relay queue list [queued|deferred|held|failed] [--limit N] [--json]
+ *   ses-relay queue show QUEUE-ID [--json]
+ *   ses-relay queue body QUEUE-ID          (the stored bytes, as accepted, on stdout)
+ *   ses-relay queue retry|hold|release|delete|bounce QUEUE-ID...|--all [--state STATE] [--json]
  *
  * States are the relay's one vocabulary (src/types.ts): the same words as the spool, the log events and
- * the `state` label of `ses_relay_queue_messages`. The spool directory is SPOOL_DIR (via loadConfig). It never writes to the spool, so it is safe to
- * run beside the relay. Exit codes: 0 ok, 1 usage error or no such message, 2 spool unreadable or
- * configuration error.
+ * the `state` label of `ses_relay_queue_messages`. The spool directory is SPOOL_DIR (via loadConfig).
+ * Inspection never writes to the spool, so it is safe to run beside the relay; actions go through the
+ * running relay (or take the spool lock when none runs). Exit codes: 0 ok, 1 usage error or no such
+ * message, 2 spool unreadable or configuration error (actions: 3 a message was busy being delivered).
  */
 import { once } from 'node:events';
 import ms from 'ms';
 import { ConfigError, loadConfig } from '../config';
+import { ACTION_USAGE, isQueueAction, runQueueAction } from './queue-actions';
 import { STORED_MESSAGE_STATES, type StoredMessageState } from '../types';
 import {
   SpoolInspector,
@@ -37,7 +41,8 @@ const USAGE = `usage: queue <command> [--json]
   list [${STATE_LIST}] [--limit N]  messages in that state (default: every message still to be delivered)
   show QUEUE-ID                     envelope, recipients with state and last reply, attempts
   body QUEUE-ID                     the stored message bytes on stdout
-reads the spool in SPOOL_DIR without writing; exit 0 ok, 1 usage or not found, 2 spool unreadable`;
+${ACTION_USAGE}
+inspection reads the spool in SPOOL_DIR without writing; exit 0 ok, 1 usage or not found, 2 spool unreadable`;
 
 class UsageError extends Error {}
 
@@ -155,6 +160,13 @@ function formatShow(m: MessageDetail): string[] {
     `size:        ${m.size} bytes (${m.body.storage === 'file' ? `file ${m.body.path}` : 'inline'})`,
     `attempts:    ${m.attempts}`,
   ];
+  if (m.reception.notification) {
+    lines.push(`notification: ${m.reception.notification} for ${m.reception.notificationFor ?? '-'}`);
+  }
+  if (m.dsn) lines.push(`dsn:         ret ${m.dsn.ret ?? '-'}, envid ${m.dsn.envid ?? '-'}`);
+  if (m.heldSince !== undefined) lines.push(`held since:  ${time(m.heldSince)}`);
+  if (m.heldMs > 0) lines.push(`held before: ${age(m.heldMs)} (not counted by MAX_QUEUE_AGE)`);
+  if (m.notificationsOwed.length) lines.push(`owed:        ${m.notificationsOwed.join(', ')} notification`);
   if (m.nextAttemptAt !== undefined) lines.push(`next:        ${time(m.nextAttemptAt)}`);
   if (m.finishedAt !== undefined) lines.push(`finished:    ${time(m.finishedAt)}`);
   lines.push('recipients:');
@@ -163,6 +175,7 @@ function formatShow(m: MessageDetail): string[] {
     r.status,
     r.code === undefined ? '-' : String(r.code),
     r.reply === undefined ? '-' : oneLine(r.reply, 200),
+    r.notify || r.orcpt ? `(notify=${r.notify ?? '-'} orcpt=${r.orcpt ?? '-'})` : '',
   ]);
   return [...lines, ...table(rows)];
 }
@@ -182,6 +195,14 @@ async function pipeBody(inspector: SpoolInspector, id: string, out: NodeJS.Writa
 
 /** Run one command; resolves with the exit code. */
 export async function runQueueCli(args: string[], io: QueueCliIo): Promise<number> {
+  const command = args.find((a) => !a.startsWith('-'));
+  if (command !== undefined && isQueueAction(command)) {
+    return runQueueAction(
+      command,
+      args.filter((a, i) => i !== args.indexOf(command)),
+      io,
+    );
+  }
   let parsed: Parsed;
   try {
     parsed = parseArgs(args);

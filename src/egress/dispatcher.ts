@@ -290,7 +290,8 @@ export class Dispatcher {
     const started = this.now();
     const recipients = m.envelope.recipients;
 
-    if (started - m.reception.receivedAt > this.config.maxQueueAgeMs) {
+    // Time held by an operator does not count towards MAX_QUEUE_AGE (spool-actions.ts).
+    if (started - m.reception.receivedAt - (m.heldMs ?? 0) > this.config.maxQueueAgeMs) {
       const ageH = ((started - m.reception.receivedAt) / 3600_000).toFixed(1);
       const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h)`;
       const outcomes: RecipientOutcome[] = recipients.map((recipient) => ({

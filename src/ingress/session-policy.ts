@@ -14,6 +14,10 @@
  * - Envelope: address syntax (address-syntax.ts), an API key's allowed_from_domains for MAIL FROM and, at
  *   the end of the header section, for every From:/Sender: address; SMTP_MAX_RECIPIENTS; with
  *   BLOCKLIST_ACTION=reject, suppressed recipients at RCPT TO.
+ * - DSN parameters (RFC 3461, offered only with BOUNCE_FROM): smtp-server parses RET, ENVID, NOTIFY and
+ *   ORCPT, decodes xtext and refuses control characters; ENVID and ORCPT must also be printable US-ASCII
+ *   of at most 100 and 500 characters (RFC 3461 sections 4.4 and 4.2), as they are copied into the
+ *   notification. `envelopeOf` keeps them with the envelope.
  */
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import { AuthFailureTracker } from '../auth/auth-failures';
@@ -28,13 +32,25 @@ import type { IngressConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
 import type { ReplyKey, SmtpReplyError } from '../replies';
-import type { Envelope } from '../types';
+import type { DsnNotifyKeyword, Envelope, EnvelopeDsn, RecipientDsn } from '../types';
 import { checkAddress, domainOf } from './address-syntax';
 import { TrustedNetworks } from './client-access';
 import { ingressMetrics, rejection } from './ingress-metrics';
 import { HEADER_SECTION_LIMIT, senderHeaderAddresses } from './message-headers';
 
 const DEFAULT_AUTH_FAILURE_DELAY_MS = 1000;
+/** RFC 3461 section 4.4 (ENVID) and 4.2 (ORCPT): lengths, and printable US-ASCII only. */
+const ENVID_MAX = 100;
+const ORCPT_MAX = 500;
+const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
+
+/** Why a DSN parameter value is refused, or undefined when it is fine (or absent). */
+function dsnValueProblem(name: string, value: string | null | undefined, max: number): string | undefined {
+  if (value === null || value === undefined) return undefined;
+  if (value.length > max) return `${name} longer than ${max} characters`;
+  if (!PRINTABLE_ASCII.test(value)) return `${name} is not printable US-ASCII`;
+  return undefined;
+}
 
 type Done = (err?: Error | null) => void;
 type AuthDone = (err: Error | null | undefined, response?: { user: AuthenticatedUser }) => void;
@@ -195,6 +211,8 @@ export class SessionPolicy {
     }
     const check = checkAddress(address.address, 'sender');
     if (!check.ok) return callback(rejection('badSenderSyntax', check.reason));
+    const envid = dsnValueProblem('ENVID', session.envelope.dsn?.envid, ENVID_MAX);
+    if (envid) return callback(rejection('badDsnParameter', envid));
     if (user?.allowedFromDomains) {
       const domain = domainOf(check.address);
       if (!domain || !user.allowedFromDomains.includes(domain))
@@ -207,6 +225,8 @@ export class SessionPolicy {
     if (this.closing()) return callback(rejection('shuttingDown'));
     const check = checkAddress(address.address, 'recipient');
     if (!check.ok) return callback(rejection('badRecipientSyntax', check.reason));
+    const orcpt = dsnValueProblem('ORCPT', address.dsn?.orcpt, ORCPT_MAX);
+    if (orcpt) return callback(rejection('badDsnParameter', orcpt));
     const rcpts = session.envelope.rcptTo;
     if (rcpts.length >= this.config.maxRecipients) {
       const key = address.address.toLowerCase();
@@ -254,6 +274,7 @@ export class SessionPolicy {
     const sender = from ? checkAddress(from.address, 'sender') : undefined;
     const seen = new Set<string>();
     const recipients: string[] = [];
+    const byRecipient: Record<string, RecipientDsn> = {};
     for (const r of session.envelope.rcptTo) {
       const c = checkAddress(r.address, 'recipient');
       const address = c.ok ? c.address : r.address;
@@ -261,7 +282,26 @@ export class SessionPolicy {
       if (seen.has(key)) continue;
       seen.add(key);
       recipients.push(address);
+      const dsn = recipientDsnOf(r);
+      if (dsn) byRecipient[address] = dsn;
     }
-    return { mailFrom: sender?.ok ? sender.address : '', recipients };
+    const envelope: Envelope = { mailFrom: sender?.ok ? sender.address : '', recipients };
+    const dsn: EnvelopeDsn = {};
+    const mailDsn = session.envelope.dsn;
+    if (mailDsn?.ret === 'FULL' || mailDsn?.ret === 'HDRS') dsn.ret = mailDsn.ret;
+    if (mailDsn?.envid) dsn.envid = mailDsn.envid;
+    if (Object.keys(byRecipient).length) dsn.recipients = byRecipient;
+    if (Object.keys(dsn).length) envelope.dsn = dsn;
+    return envelope;
   }
+}
+
+/** A recipient's NOTIFY and ORCPT as smtp-server parsed them (only when DSN is offered). */
+function recipientDsnOf(address: SMTPServerAddress): RecipientDsn | undefined {
+  const parsed = address.dsn;
+  if (!parsed) return undefined;
+  const dsn: RecipientDsn = {};
+  if (parsed.notify?.length) dsn.notify = parsed.notify as DsnNotifyKeyword[];
+  if (parsed.orcpt) dsn.orcpt = parsed.orcpt;
+  return Object.keys(dsn).length ? dsn : undefined;
 }

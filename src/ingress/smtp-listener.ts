@@ -198,6 +198,8 @@ function serverOptions(
     allowInsecureAuth: true,
     size: config.maxMessageSize,
     hideENHANCEDSTATUSCODES: false,
+    // DSN (RFC 3461) only when the relay sends notifications (BOUNCE_FROM): smtp-server's public option.
+    hideDSN: !config.dsn,
     // Amazon SES does not support SMTPUTF8: do not invite clients to send non-ASCII addresses.
     hideSMTPUTF8: true,
     // The PTR of the client adds nothing here and costs up to 1.5 s per connection with a slow DNS.

@@ -1,7 +1,7 @@
 /**
  * The DynamoDB suppression list (USE_BLOCKLIST). A table keyed by `email` holds lowercase addresses and
  * whole domains (`@example.com`) that must not receive mail; the Lambda in lambda/ fills it from SES bounce
- * and complaint notifications, operators use scripts/blocklist-cli.ts.
+ * and complaint notifications, operators use src/cli/blocklist.ts (`ses-relay blocklist`).
  *
  * Cost: one BatchGetItem per check for every recipient and its domain (chunks of 100 keys), UnprocessedKeys
  * retried a bounded number of times; every answer, found or not, is cached for cacheTtlMs, so recipients

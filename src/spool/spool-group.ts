@@ -1,6 +1,7 @@
 /**
- * Ordered groups (SqliteSpool.storeGroup, the autoresponder's replies to one request): every message is
- * inserted as `store` would insert it, its reception JSON also carrying the message's route, and each
+ * Ordered groups (SqliteSpool.storeGroup, the autoresponder's replies to one request, and a notification,
+ * a group of one): every message is inserted as `store` would insert it, its reception JSON also carrying
+ * the message's route and, for a notification, its type and the message it reports on, and each
  * message after the first is linked to its predecessor by `after_id`. The insert runs inside ONE operation
  * of a group commit, so a group is all or nothing.
  */
@@ -55,10 +56,17 @@ export function insertGroup(stmt: SpoolStatements, members: GroupMember[], recei
       heloName: reception.heloName,
       authUser: reception.authUser,
       route,
+      notification: reception.notification,
+      notificationFor: reception.notificationFor,
     });
     const recipients = [...envelope.recipients];
     recipientCount += recipients.length;
-    insertMessage(stmt, { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients }, read);
+    const dsn = envelope.dsn;
+    insertMessage(
+      stmt,
+      { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
+      read,
+    );
     if (i > 0) stmt.setAfter.run(members[i - 1].id, id);
   });
   return recipientCount;

@@ -96,6 +96,9 @@ export interface RecipientDetail {
   status: RecipientState;
   code?: number;
   reply?: string;
+  /** The client's DSN parameters for this recipient (RFC 3461). */
+  notify?: string;
+  orcpt?: string;
 }
 
 export interface MessageDetail {
@@ -111,6 +114,13 @@ export interface MessageDetail {
   /** Where the body is: inline in the database, or the path of its `.eml` file. */
   body: { storage: 'inline' } | { storage: 'file'; path: string };
   recipients: RecipientDetail[];
+  /** The client's RET and ENVID (RFC 3461), when given. */
+  dsn?: { ret?: string; envid?: string };
+  /** Held since (state `held`), and the time held before (not counted by MAX_QUEUE_AGE). */
+  heldSince?: number;
+  heldMs: number;
+  /** Delivery status notifications owed for this message and not yet composed, by type. */
+  notificationsOwed: string[];
 }
 
 export interface ListOptions {
@@ -277,8 +287,15 @@ export class SpoolInspector {
     const row = this.db.prepare(`SELECT * FROM messages WHERE id = ?`).get(id) as MessageRow | undefined;
     if (!row) return undefined;
     const recipients = this.db
-      .prepare(`SELECT recipient, status, reply, code FROM recipients WHERE message_id = ? ORDER BY position`)
-      .all(id) as RecipientRow[];
+      .prepare(
+        `SELECT recipient, status, reply, code, dsn_notify, dsn_orcpt FROM recipients
+          WHERE message_id = ? ORDER BY position`,
+      )
+      .all(id) as Array<RecipientRow & { dsn_notify: string | null; dsn_orcpt: string | null }>;
+    const owed = this.db
+      .prepare(`SELECT type FROM notifications WHERE message_id = ? ORDER BY id`)
+      .pluck()
+      .all(id) as string[];
     const detail: MessageDetail = {
       id: row.id,
       state: row.state,
@@ -294,9 +311,19 @@ export class SpoolInspector {
         const recipient: RecipientDetail = { recipient: r.recipient, status: r.status };
         if (r.code !== null) recipient.code = r.code;
         if (r.reply !== null) recipient.reply = r.reply;
+        if (r.dsn_notify !== null) recipient.notify = r.dsn_notify;
+        if (r.dsn_orcpt !== null) recipient.orcpt = r.dsn_orcpt;
         return recipient;
       }),
+      heldMs: row.held_ms,
+      notificationsOwed: owed,
     };
+    if (row.dsn_ret !== null || row.dsn_envid !== null) {
+      detail.dsn = {};
+      if (row.dsn_ret !== null) detail.dsn.ret = row.dsn_ret;
+      if (row.dsn_envid !== null) detail.dsn.envid = row.dsn_envid;
+    }
+    if (row.state === 'held' && row.held_at !== null) detail.heldSince = row.held_at;
     if (row.state !== 'failed') detail.nextAttemptAt = row.due_at;
     if (row.finished_at !== null) detail.finishedAt = row.finished_at;
     return detail;

@@ -2,7 +2,8 @@
  * What the spool keeps in memory only, never on disk: which messages are leased (a delivery attempt holds
  * them: state `sending`), released messages held back until a due time that could not be written, and
  * messages whose last record/settle failed (its COMMIT may still have reached the disk, so a retry that
- * finds the work done is not an error). After a crash all of it is gone and every unfinished message is
+ * finds the work done is not an error), and messages an operator's queue action has pinned (not leased
+ * until the action is written; the action waits for a lease in progress to end). After a crash all of it is gone and every unfinished message is
  * due again: that is the at-least-once rule of spool.ts.
  */
 import type { MessageId, StoredMessageState } from '../types';
@@ -12,6 +13,9 @@ export class LeaseTable {
   private readonly leases = new Map<MessageId, StoredMessageState>();
   private readonly notBefore = new Map<MessageId, number>();
   private readonly uncertain = new Set<MessageId>();
+  /** Pinned by queue actions in progress (a count: two actions may pin one message). */
+  private readonly pinned = new Map<MessageId, number>();
+  private readonly endWaiters = new Map<MessageId, Array<() => void>>();
 
   get size(): number {
     return this.leases.size;
@@ -21,9 +25,9 @@ export class LeaseTable {
     return this.leases.has(id);
   }
 
-  /** Neither leased nor held back at `now`. */
+  /** Neither leased, pinned nor held back at `now`. */
   leasable(id: MessageId, now: number): boolean {
-    return !this.leases.has(id) && (this.notBefore.get(id) ?? 0) <= now;
+    return !this.leases.has(id) && !this.pinned.has(id) && (this.notBefore.get(id) ?? 0) <= now;
   }
 
   take(id: MessageId, state: StoredMessageState): void {
@@ -35,6 +39,7 @@ export class LeaseTable {
   release(id: MessageId, until?: number): void {
     this.leases.delete(id);
     if (until !== undefined && until > Date.now()) this.notBefore.set(id, until);
+    this.wakeEnd(id);
   }
 
   /** The attempt is over (settled, or the caller erred): forget everything about the message. */
@@ -42,6 +47,51 @@ export class LeaseTable {
     this.leases.delete(id);
     this.notBefore.delete(id);
     this.uncertain.delete(id);
+    this.wakeEnd(id);
+  }
+
+  /** A queue action will change the message: never lease it until unpinned. */
+  pin(id: MessageId): void {
+    this.pinned.set(id, (this.pinned.get(id) ?? 0) + 1);
+  }
+
+  unpin(id: MessageId): void {
+    const n = (this.pinned.get(id) ?? 1) - 1;
+    if (n > 0) this.pinned.set(id, n);
+    else this.pinned.delete(id);
+  }
+
+  isPinned(id: MessageId): boolean {
+    return this.pinned.has(id);
+  }
+
+  /** Forget a hold-back time (a queue action made the message due now). */
+  forgetHold(id: MessageId): void {
+    this.notBefore.delete(id);
+  }
+
+  /** Resolves once `id` is not leased (at once when it is not), or false after `timeoutMs`. */
+  whenUnleased(id: MessageId, timeoutMs: number): Promise<boolean> {
+    if (!this.leases.has(id)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        const list = this.endWaiters.get(id);
+        if (list) list.splice(list.indexOf(wake), 1);
+        resolve(false);
+      }, timeoutMs);
+      const wake = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.endWaiters.set(id, [...(this.endWaiters.get(id) ?? []), wake]);
+    });
+  }
+
+  private wakeEnd(id: MessageId): void {
+    const list = this.endWaiters.get(id);
+    if (!list) return;
+    this.endWaiters.delete(id);
+    for (const wake of list) wake();
   }
 
   /** Earliest hold-back time of an unleased message, and whether `id` is held back at all. */
@@ -54,7 +104,12 @@ export class LeaseTable {
   }
 
   heldBack(id: MessageId): boolean {
-    return this.notBefore.has(id);
+    return this.notBefore.has(id) || this.pinned.has(id);
+  }
+
+  /** Leased message ids (the `sending` state). */
+  leasedIds(): MessageId[] {
+    return [...this.leases.keys()];
   }
 
   markUncertain(id: MessageId): void {
@@ -77,8 +132,10 @@ export class LeaseTable {
   }
 
   clear(): void {
+    const ids = [...this.endWaiters.keys()];
     this.leases.clear();
     this.notBefore.clear();
     this.uncertain.clear();
+    for (const id of ids) this.wakeEnd(id);
   }
 }

@@ -3,14 +3,26 @@
  * the SQL half of `SqliteSpool.store`, `record` and `settle`. Pure database work, re-runnable (group-commit.ts replays
  * a batch with savepoints when one operation fails); the callers do the in-memory bookkeeping on commit.
  */
-import type { MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';
+import type { EnvelopeDsn, MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';
 import type { FailedMessage } from './spool';
 import { parseReception, type MessageRow, type RecipientRow, type SpoolStatements } from './spool-schema';
 
-/** Insert a new message (state `queued`, every recipient `queued`) with its inline body, if any. */
+export interface NewMessage {
+  id: MessageId;
+  mailFrom: string;
+  receptionJson: string;
+  receivedAt: number;
+  recipients: string[];
+  dsn?: EnvelopeDsn;
+}
+
+/**
+ * Insert a new message (state `queued`, every recipient `queued`) with its DSN parameters and its inline
+ * body, if any.
+ */
 export function insertMessage(
   stmt: SpoolStatements,
-  m: { id: MessageId; mailFrom: string; receptionJson: string; receivedAt: number; recipients: string[] },
+  m: NewMessage,
   body: { size: number; content?: Buffer },
 ): void {
   const inFile = body.content === undefined ? 1 : 0;
@@ -23,8 +35,14 @@ export function insertMessage(
     inFile,
     m.receivedAt,
     m.recipients.length,
+    m.dsn?.ret ?? null,
+    m.dsn?.envid ?? null,
   );
-  m.recipients.forEach((recipient, position) => stmt.insertRecipient.run(m.id, position, recipient));
+  m.recipients.forEach((recipient, position) => {
+    const dsn = m.dsn?.recipients?.[recipient];
+    const notify = dsn?.notify?.length ? dsn.notify.join(',') : null;
+    stmt.insertRecipient.run(m.id, position, recipient, notify, dsn?.orcpt ?? null);
+  });
   if (body.content) stmt.insertBody.run(m.id, body.content);
 }
 

@@ -7,12 +7,16 @@
  * Versions (`PRAGMA user_version`): 0 = the first release (message states `pending`/`failed`, recipient
  * `pending` for queued and deferred alike); 1 = the shared vocabulary of src/types.ts, enforced by CHECK
  * constraints; 2 = `messages.after_id`, the predecessor of a message stored in an ordered group
- * (`storeGroup`: it is not leased while its predecessor is still to be delivered). `migrateSchema`
- * upgrades a spool in place, in one transaction, keeping every message.
+ * (`storeGroup`: it is not leased while its predecessor is still to be delivered); 3 = delivery status
+ * notifications and queue actions: the client's DSN parameters (`messages.dsn_ret`, `dsn_envid`,
+ * `recipients.dsn_notify`, `dsn_orcpt`), the hold bookkeeping (`held_at`, `held_ms`), `delay_warned`, and
+ * the `notifications` table of notifications owed but not yet composed (spool-notifications.ts).
+ * `migrateSchema` upgrades a spool in place, in one transaction, keeping every message.
  */
 import type Database from 'better-sqlite3';
 import {
   LEASABLE_MESSAGE_STATES,
+  NOTIFICATION_TYPES,
   RECIPIENT_STATES,
   STORED_MESSAGE_STATES,
   type Reception,
@@ -20,7 +24,7 @@ import {
   type StoredMessageState,
 } from '../types';
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 const list = (values: readonly string[]) => values.map((v) => `'${v}'`).join(', ');
 /** `state IN ('queued', 'deferred')`: the predicate of the partial indexes, repeated verbatim by queries. */
@@ -40,7 +44,12 @@ const MESSAGES_TABLE = (name: string) => `CREATE TABLE ${name} (
   attempts INTEGER NOT NULL DEFAULT 0,
   pending_recipients INTEGER NOT NULL,
   finished_at INTEGER,
-  after_id TEXT
+  after_id TEXT,
+  dsn_ret TEXT,
+  dsn_envid TEXT,
+  held_at INTEGER,
+  held_ms INTEGER NOT NULL DEFAULT 0,
+  delay_warned INTEGER NOT NULL DEFAULT 0
 )`;
 
 const RECIPIENTS_TABLE = (name: string) => `CREATE TABLE ${name} (
@@ -50,8 +59,25 @@ const RECIPIENTS_TABLE = (name: string) => `CREATE TABLE ${name} (
   status TEXT NOT NULL CHECK (status IN (${list(RECIPIENT_STATES)})),
   reply TEXT,
   code INTEGER,
+  dsn_notify TEXT,
+  dsn_orcpt TEXT,
   PRIMARY KEY (message_id, position)
 ) WITHOUT ROWID`;
+
+/**
+ * Notifications owed to a message's sender, written in the same transaction as the outcome that makes them
+ * owed and deleted in the same transaction that stores the composed notification (spool-notifications.ts).
+ * One row per message and type at a time: outcomes of one attempt (several transactions) join one row.
+ */
+const NOTIFICATIONS_TABLE = `CREATE TABLE notifications (
+  id INTEGER PRIMARY KEY,
+  message_id TEXT NOT NULL,
+  type TEXT NOT NULL CHECK (type IN (${list(NOTIFICATION_TYPES)})),
+  created_at INTEGER NOT NULL,
+  report TEXT NOT NULL,
+  headers BLOB NOT NULL,
+  UNIQUE (message_id, type)
+)`;
 
 const INDEXES = `
 CREATE INDEX messages_due ON messages (due_at) WHERE ${LEASABLE};
@@ -64,6 +90,7 @@ ${MESSAGES_TABLE('messages')};
 ${RECIPIENTS_TABLE('recipients')};
 CREATE TABLE bodies (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+${NOTIFICATIONS_TABLE};
 ${INDEXES}
 PRAGMA user_version = ${SCHEMA_VERSION};
 `;
@@ -96,6 +123,7 @@ DROP TABLE messages;
 ALTER TABLE messages_v1 RENAME TO messages;
 ALTER TABLE recipients_v1 RENAME TO recipients;
 CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+${NOTIFICATIONS_TABLE};
 ${INDEXES}
 PRAGMA user_version = ${SCHEMA_VERSION};
 `;
@@ -104,6 +132,22 @@ PRAGMA user_version = ${SCHEMA_VERSION};
 const MIGRATE_1_TO_2 = `
 ALTER TABLE messages ADD COLUMN after_id TEXT;
 PRAGMA user_version = 2;
+`;
+
+/**
+ * Version 2 -> 3: DSN parameters, hold bookkeeping and owed notifications. Metadata-only column additions
+ * (no DSN parameters, never held, never warned for every existing message) and one new table.
+ */
+const MIGRATE_2_TO_3 = `
+ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
+ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
+ALTER TABLE messages ADD COLUMN held_at INTEGER;
+ALTER TABLE messages ADD COLUMN held_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
+${NOTIFICATIONS_TABLE};
+PRAGMA user_version = 3;
 `;
 
 /** The spool was written by a newer version of the relay: refuse rather than misread it. */
@@ -132,9 +176,14 @@ export function migrateSchema(db: Database.Database): number {
     .prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'`)
     .pluck()
     .get() as number;
-  // MIGRATE_0_TO_1 rebuilds the tables in the current layout (after_id included), so it ends at the
-  // current version; a version-1 spool only needs the new column.
-  const script = !hasMessages ? CURRENT_SCHEMA : found === 0 ? MIGRATE_0_TO_1 : MIGRATE_1_TO_2;
+  // MIGRATE_0_TO_1 rebuilds the tables in the current layout (every later column included), so it ends at
+  // the current version; later versions apply the steps after theirs, in one transaction.
+  const steps = [MIGRATE_1_TO_2, MIGRATE_2_TO_3];
+  const script = !hasMessages
+    ? CURRENT_SCHEMA
+    : found === 0
+      ? MIGRATE_0_TO_1
+      : steps.slice(found - 1).join('\n');
   db.transaction(() => db.exec(script)).immediate();
   return found;
 }
@@ -152,7 +201,7 @@ export function configureAndMigrate(db: Database.Database): number {
 }
 
 /** Leasable messages in due order (uses the partial index `messages_due`). */
-export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at, state
+export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at, state, held_ms
   FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
 /** Leasable messages in due order, for nextDueAt (same index). */
 export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE ${LEASABLE} ORDER BY due_at`;
@@ -175,6 +224,11 @@ export interface MessageRow {
   pending_recipients: number;
   finished_at: number | null;
   after_id: string | null;
+  dsn_ret: string | null;
+  dsn_envid: string | null;
+  held_at: number | null;
+  held_ms: number;
+  delay_warned: number;
 }
 
 export interface StateCountRow {
@@ -190,6 +244,13 @@ export interface RecipientRow {
   code: number | null;
 }
 
+/** A recipient with its DSN parameters (for the notifications owed on its outcome). */
+export interface RecipientDsnRow extends RecipientRow {
+  position: number;
+  dsn_notify: string | null;
+  dsn_orcpt: string | null;
+}
+
 export type SpoolStatements = ReturnType<typeof prepareStatements>;
 
 const WAITING_RECIPIENT = `status IN ('queued', 'deferred')`;
@@ -198,11 +259,12 @@ export function prepareStatements(db: Database.Database) {
   return {
     insertMessage: db.prepare(
       `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at,
-                             attempts, pending_recipients)
-       VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?)`,
+                             attempts, pending_recipients, dsn_ret, dsn_envid)
+       VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?)`,
     ),
     insertRecipient: db.prepare(
-      `INSERT INTO recipients (message_id, position, recipient, status) VALUES (?, ?, ?, 'queued')`,
+      `INSERT INTO recipients (message_id, position, recipient, status, dsn_notify, dsn_orcpt)
+       VALUES (?, ?, ?, 'queued', ?, ?)`,
     ),
     insertBody: db.prepare(`INSERT INTO bodies (id, data) VALUES (?, ?)`),
     message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
@@ -219,6 +281,10 @@ export function prepareStatements(db: Database.Database) {
       `SELECT recipient, status, reply, code FROM recipients WHERE message_id = ? ORDER BY position`,
     ),
     recipientStatuses: db.prepare(`SELECT status FROM recipients WHERE message_id = ?`),
+    recipientsWithDsn: db.prepare(
+      `SELECT position, recipient, status, reply, code, dsn_notify, dsn_orcpt FROM recipients
+        WHERE message_id = ? ORDER BY position`,
+    ),
     countPendingRecipients: db.prepare(
       `SELECT count(*) FROM recipients WHERE message_id = ? AND ${WAITING_RECIPIENT}`,
     ),
@@ -240,8 +306,12 @@ export function prepareStatements(db: Database.Database) {
         WHERE id = ?`,
     ),
     failed: db.prepare(`SELECT * FROM messages WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?`),
+    // A failed message whose notification is still owed is kept (RET=FULL returns its body), for one more
+    // retention period at most: with BOUNCE_FROM unset nothing composes it (the owed row keeps the headers).
     expiredFailed: db.prepare(
-      `SELECT id, body_in_file FROM messages WHERE state = 'failed' AND finished_at < ? LIMIT ?`,
+      `SELECT id, body_in_file FROM messages m WHERE state = 'failed' AND finished_at < @cutoff
+          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.message_id = m.id AND n.created_at >= @stale)
+        LIMIT @limit`,
     ),
     setAfter: db.prepare(`UPDATE messages SET after_id = ? WHERE id = ?`),
     /** The message's predecessor (ordered groups) is still to be delivered (delivered ones are deleted). */
@@ -262,5 +332,7 @@ export function parseReception(row: Pick<MessageRow, 'reception' | 'received_at'
   const reception: Reception = { clientAddress: stored.clientAddress, receivedAt: row.received_at };
   if (stored.heloName !== undefined) reception.heloName = stored.heloName;
   if (stored.authUser !== undefined) reception.authUser = stored.authUser;
+  if (stored.notification !== undefined) reception.notification = stored.notification;
+  if (stored.notificationFor !== undefined) reception.notificationFor = stored.notificationFor;
   return reception;
 }

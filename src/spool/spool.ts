@@ -28,6 +28,12 @@
  *   and keeps none of them. The messages are delivered in order: message i+1 is not leased while
  *   message i is still waiting (queued, sending or deferred); once i is delivered, suppressed or failed,
  *   i+1 is due. A restart keeps both rules (the link is stored with the message).
+ * - Delivery status notifications (SqliteSpool, spool-notifications.ts): a `record`, `settle` or queue
+ *   action whose outcome makes a notification owed writes that in the SAME commit; `storeNotification`
+ *   stores the composed notification and removes what was owed in ONE commit. So a crash never loses an
+ *   owed notification and never stores it twice.
+ * - Queue actions (SqliteSpool.act): one commit per action; a message being delivered is not leased again
+ *   and is changed only once its attempt has ended (or reported busy, unchanged).
  */
 import type { Readable } from 'node:stream';
 import type { Envelope, MessageId, MessageState, Reception, RecipientOutcome } from '../types';
@@ -53,6 +59,8 @@ export interface QueuedMessage {
   attempts: number;
   /** When it became due (ms since epoch). */
   dueAt: number;
+  /** Time it spent held by an operator: MAX_QUEUE_AGE does not count it. */
+  heldMs?: number;
 }
 
 export interface SettleOptions {

@@ -19,6 +19,11 @@
  * - Ordered groups (`storeGroup`, the autoresponder's replies to one request, spool-group.ts): all
  *   messages of a group are inserted by ONE operation of one group commit, each linked to its predecessor
  *   by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be delivered.
+ * - Delivery status notifications (spool-notifications.ts): the outcome that makes one owed writes its row
+ *   in the same transaction; `storeNotification` stores the composed notification and deletes the row in
+ *   one transaction, so a crash can neither lose one nor store it twice.
+ * - Queue actions (`act`, spool-actions.ts): pin the messages (never leased meanwhile), wait for an attempt
+ *   in progress to end, then change all of them in one transaction.
  * - Leases live in memory: after a restart every unfinished message is due again (at-least-once). A
  *   record or settle whose write fails keeps its lease (and the message out of circulation) until it is
  *   retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when it cannot write it.
@@ -71,7 +76,16 @@ import {
   insertMessage,
 } from './spool-outcomes';
 import { LeaseTable } from './spool-leases';
-import { lockSpool, type SpoolLock } from './spool-lock';
+import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
+import {
+  performAction,
+  prepareActionStatements,
+  type ActionEffects,
+  type ActionStatements,
+  type QueueAction,
+  type QueueActionResult,
+} from './spool-actions';
+import { NotificationLedger, type NotificationPolicy, type PendingNotification } from './spool-notifications';
 import { spoolWriteErrors } from './spool-metrics';
 import { isStorageError, WriteHealth } from './write-health';
 import {
@@ -94,7 +108,23 @@ export interface SqliteSpoolOptions {
   logger?: Logger;
   /** Bodies up to this size are stored inside the database (default 256 KiB). */
   inlineBodyMaxBytes?: number;
+  /** When delivery status notifications are owed (BOUNCE_FROM set); undefined: never. */
+  notifications?: NotificationPolicy;
+  /** Called after a commit that made a notification owed (the notifier composes it). */
+  onNotificationOwed?: () => void;
+  /** How long to wait for the spool lock while a queue tool holds it (default 0: fail at once). */
+  lockWaitMs?: number;
+  /** Written into the lock file with the pid (`queue` for the queue tool; for error messages). */
+  lockHolder?: string;
 }
+
+/** storeNotification found its owed row gone: the notification was stored already (never twice). */
+export class NotificationNotOwedError extends Error {
+  override name = 'NotificationNotOwedError';
+}
+
+/** How long a queue action waits for attempts in progress on its messages (default). */
+export const ACTION_WAIT_MS = 30_000;
 
 export type { CommitStats } from './group-commit';
 export { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, STATE_COUNTS_SQL } from './spool-schema';
@@ -123,6 +153,9 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly committer: GroupCommitter;
   private readonly bodiesDir: string;
   private readonly writeHealth: WriteHealth;
+  private readonly ledger: NotificationLedger;
+  private readonly actionStmt: ActionStatements;
+  private readonly onNotificationOwed: () => void;
 
   private constructor(
     private readonly db: Database.Database,
@@ -131,9 +164,13 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     private readonly failedRetentionMs: number,
     private readonly inlineMax: number,
     private readonly logger: Logger,
+    options: SqliteSpoolOptions,
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
     this.stmt = prepareStatements(db);
+    this.ledger = new NotificationLedger(db, this.bodiesDir, options.notifications);
+    this.actionStmt = prepareActionStatements(db);
+    this.onNotificationOwed = options.onNotificationOwed ?? (() => {});
     this.writeHealth = new WriteHealth(dir, logger);
     this.committer = new GroupCommitter(db, this.bodiesDir, logger, this.writeHealth);
   }
@@ -152,7 +189,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       throw new SpoolWriteError(`cannot create spool directory ${bodiesDir}`, err);
     }
     // The lock first: nothing below (migration, orphan cleanup) may run beside another relay.
-    const lock = lockSpool(dir);
+    const lock = await lockSpoolWaiting(dir, options.lockWaitMs ?? 0, options.lockHolder);
     let db: Database.Database | undefined;
     try {
       try {
@@ -172,6 +209,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         options.failedRetentionMs ?? DEFAULT_FAILED_RETENTION,
         options.inlineBodyMaxBytes ?? DEFAULT_INLINE_MAX,
         logger,
+        options,
       );
       try {
         // Only under the lock: another relay's uncommitted body files would look orphaned.
@@ -246,9 +284,10 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     try {
       await this.committer.run<void>(
         () => {
+          const dsn = envelope.dsn;
           insertMessage(
             this.stmt,
-            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients },
+            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
             read,
           );
           return {
@@ -274,8 +313,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   // ---------------------------------------------------------------- ordered groups
 
-  storeGroup(messages: GroupMessage[]): Promise<MessageId[]> {
-    const promise = this.storeGroupMessages(messages);
+  storeGroup(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
+    const promise = this.storeGroupMessages(messages, inOp);
     this.storesInFlight.add(promise);
     const forget = (): void => {
       this.storesInFlight.delete(promise);
@@ -297,7 +336,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     return this.stmt.blocked.get(id) !== undefined;
   }
 
-  private async storeGroupMessages(messages: GroupMessage[]): Promise<MessageId[]> {
+  /** `inOp` runs first inside the commit's operation; when it throws nothing is stored. */
+  private async storeGroupMessages(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
     if (this.closed || messages.some((m) => m.envelope.recipients.length === 0)) {
       for (const m of messages) m.body.destroy();
       if (this.closed) throw new SpoolWriteError('spool is closed');
@@ -317,6 +357,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     try {
       await this.committer.run<void>(
         () => {
+          inOp?.();
           const recipients = insertGroup(this.stmt, members, Date.now());
           return {
             value: undefined,
@@ -337,6 +378,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         },
       );
     } catch (err) {
+      if (err instanceof NotificationNotOwedError) throw err;
       spoolWriteErrors.inc({ stage: 'commit' });
       this.logger.warn({ queueIds: members.map((m) => m.id), err }, 'message group not committed to spool');
       throw err instanceof SpoolWriteError
@@ -363,6 +405,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         size: row.size,
         attempts: row.attempts,
         dueAt: row.due_at,
+        heldMs: row.held_ms,
         state: row.state,
       });
       if (leased.length >= max) break;
@@ -404,9 +447,12 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         if (this.leases.isUncertain(id)) return { value: undefined }; // the failed write did commit
         throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
       }
+      const before = this.ledger.before(row);
       const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
       if (stillPending === 0) throw new TypeError('record: it would finish the message; use settle');
       this.stmt.setPendingRecipients.run(stillPending, id);
+      // Composed once the attempt is settled (the settlement may add recipients to the same notification).
+      this.ledger.onOutcomes(row, before, outcomes, Date.now());
       const delta = stillPending - row.pending_recipients;
       return {
         value: undefined,
@@ -428,6 +474,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       this.leases.end(id);
       throw new TypeError('settle: retryAt is required when a recipient is deferred');
     }
+    let owedNotification = false;
     const state = await this.write<MessageState>(id, () => {
       const row = this.stmt.message.get(id) as MessageRow | undefined;
       if (!row || row.state === 'failed') {
@@ -435,8 +482,12 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         if (this.leases.isUncertain(id)) return { value: row ? 'failed' : 'delivered' };
         throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
       }
+      const before = this.ledger.before(row);
       const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
+      // Owed before finishAttempt: a delivered message's row (and inline body) is deleted there.
+      let owed = this.ledger.onOutcomes(row, before, outcomes, now);
       const finish = finishAttempt(this.stmt, row, outcomes, stillPending, { ...options, now });
+      if (finish.state === 'deferred') owed = this.ledger.onDeferred(row, before, now) || owed;
       const delta = stillPending - row.pending_recipients;
       return {
         value: finish.state,
@@ -446,10 +497,13 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
           this.pendingRecipients += delta;
           this.warnUnmatched(id, unmatched);
           if (finish.removed && row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
+          owedNotification = owed;
         },
       };
     });
     this.leases.end(id);
+    // After the lease ended: the notifier composes only notifications of messages not being delivered.
+    if (owedNotification) this.onNotificationOwed();
     return state;
   }
 
@@ -489,6 +543,69 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private warnUnmatched(id: MessageId, unmatched: string[]): void {
     if (unmatched.length === 0 || this.leases.isUncertain(id)) return;
     this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not waiting');
+  }
+
+  // ---------------------------------------------------------------- notifications and queue actions
+
+  /** Owed notifications whose message is not being delivered (its attempt may still add recipients). */
+  pendingNotifications(limit = 50): PendingNotification[] {
+    this.assertOpen();
+    return this.ledger.pending(limit, (id) => this.leases.has(id) || this.leases.isPinned(id));
+  }
+
+  /** Owed notifications not yet composed (the `ses_relay_notifications_pending` gauge). */
+  pendingNotificationCount(): number {
+    this.assertOpen();
+    return this.ledger.count();
+  }
+
+  /** Whether the spool still holds the message (a notification returns its body then). */
+  hasMessage(id: MessageId): boolean {
+    this.assertOpen();
+    return this.stmt.bodyInfo.get(id) !== undefined;
+  }
+
+  /**
+   * Store a composed notification and delete the owed row `pendingId` in ONE commit. Rejects with
+   * NotificationNotOwedError (storing nothing) when the row is gone: the notification exists already.
+   */
+  async storeNotification(pendingId: number, message: GroupMessage): Promise<MessageId> {
+    const [id] = await this.storeGroup([message], () => {
+      if (!this.ledger.consume(pendingId))
+        throw new NotificationNotOwedError(`notification ${pendingId} is not owed`);
+    });
+    return id;
+  }
+
+  /**
+   * An operator's queue action (spool-actions.ts) in one transaction. Its messages are pinned (never leased)
+   * from now on; an attempt in progress on one of them is waited for up to `waitMs`, after which that message
+   * is reported `busy` and left unchanged.
+   */
+  async act(action: QueueAction, waitMs = ACTION_WAIT_MS): Promise<QueueActionResult> {
+    this.assertOpen();
+    return performAction(
+      {
+        stmt: this.stmt,
+        a: this.actionStmt,
+        ledger: this.ledger,
+        leases: this.leases,
+        commit: (apply) => this.committer.run(apply),
+        committed: (fx) => this.afterAction(fx),
+        notificationOwed: () => this.onNotificationOwed(),
+      },
+      action,
+      waitMs,
+    );
+  }
+
+  private afterAction(fx: ActionEffects): void {
+    for (const state of Object.keys(fx.stateDelta) as StoredMessageState[]) {
+      this.byState[state] += fx.stateDelta[state];
+    }
+    this.pendingRecipients += fx.pendingRecipientsDelta;
+    for (const id of fx.removedFiles) void removeQuietly(bodyFilePath(this.bodiesDir, id));
+    for (const id of fx.due) this.leases.forgetHold(id);
   }
 
   // ---------------------------------------------------------------- inspection
@@ -579,7 +696,11 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     let removed = 0;
     for (;;) {
       const count = await this.committer.run<number>(() => {
-        const victims = this.stmt.expiredFailed.all(cutoff, PRUNE_CHUNK) as Array<{
+        const victims = this.stmt.expiredFailed.all({
+          cutoff,
+          stale: cutoff - this.failedRetentionMs,
+          limit: PRUNE_CHUNK,
+        }) as Array<{
           id: string;
           body_in_file: number;
         }>;

@@ -182,6 +182,7 @@ export function testIngressConfig(overrides: Partial<IngressConfig> = {}): Ingre
     maxClients: 100,
     socketTimeoutMs: 30_000,
     greetingDelayMs: 0,
+    dsn: false,
     ...overrides,
   };
 }

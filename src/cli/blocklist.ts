@@ -1,5 +1,6 @@
 /**
- * Operator CLI for the suppression list and the API-key table (the same tables the relay reads).
+ * Operator CLI for the suppression list and the API-key table (the same tables the relay reads); in the
+ * image `ses-relay blocklist ...` (src/cli/ses-relay.ts), in a checkout `npm run blocklist -- ...`.
  *
  *   npm run blocklist -- add ADDRESS|@DOMAIN [--reason TEXT]
  *   npm run blocklist -- remove ADDRESS|@DOMAIN
@@ -20,16 +21,17 @@ import {
   UpdateItemCommand,
   type AttributeValue,
 } from '@aws-sdk/client-dynamodb';
-import { silentLogger } from '../src/observability/logger';
-import { asciiDomain, domainOf, normalizeAddress } from '../src/policy/address';
+import { ConfigError, loadConfig } from '../config';
+import { silentLogger } from '../observability/logger';
+import { asciiDomain, domainOf, normalizeAddress } from '../policy/address';
 import {
   API_KEY_HASH_ATTRIBUTE,
   generateApiKey,
   hashApiKey,
   normalizeDomains,
   parseApiKeyItem,
-} from '../src/auth/api-keys';
-import { SuppressionList } from '../src/policy/suppression-list';
+} from '../auth/api-keys';
+import { SuppressionList } from '../policy/suppression-list';
 
 export interface CliIo {
   env: NodeJS.ProcessEnv;
@@ -86,8 +88,16 @@ function entryKey(input: string | undefined): string {
   return key;
 }
 
+/** The table from the environment, read (like every variable) by src/config.ts. */
 function requireTable(env: NodeJS.ProcessEnv, name: 'DYNAMODB_TABLE' | 'DYNAMODB_API_KEYS_TABLE'): string {
-  const t = env[name];
+  let policy;
+  try {
+    policy = loadConfig(env).policy;
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(`configuration error: ${err.message}`);
+    throw err;
+  }
+  const t = name === 'DYNAMODB_TABLE' ? policy.table : policy.apiKeysTable;
   if (!t) throw new UsageError(`${name} is not set`);
   return t;
 }
