@@ -13,7 +13,7 @@
 import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import Redis from 'ioredis';
-import { RedisLimiter } from '../src/egress/redis-limiter';
+import { RedisLimiter } from '../src/egress/rate/redis-limiter';
 import { quickMode } from './lib/report';
 import {
   startRedisServer,

@@ -1,9 +1,9 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { LocalLimiter } from '../src/egress/local-limiter';
-import { ThrottleController } from '../src/egress/throttle-controller';
-import { LimiterUnavailableError } from '../src/egress/limiter';
+import { LocalLimiter } from '../src/egress/rate/local-limiter';
+import { ThrottleController } from '../src/egress/rate/throttle-controller';
+import { LimiterUnavailableError } from '../src/egress/rate/limiter';
 import { maxInWindow } from './helpers/windows';
 
 interface Grant {

@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import { createLogger } from '../src/observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../src/policy/policy';
 import { Dispatcher } from '../src/egress/dispatcher';
-import { LimiterUnavailableError, type RecipientLimiter } from '../src/egress/limiter';
+import { LimiterUnavailableError, type RecipientLimiter } from '../src/egress/rate/limiter';
 import { FAKE_REPLIES } from './helpers/fake-ses';
 import { startEgress, waitUntil, type EgressHarnessOptions } from './helpers/egress-harness';
 

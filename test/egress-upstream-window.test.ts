@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { UpstreamWindow } from '../src/egress/upstream-window';
+import { UpstreamWindow } from '../src/egress/rate/upstream-window';
 
 function clock() {
   let t = 0;

@@ -6,8 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { LimiterUnavailableError } from '../src/egress/limiter';
-import { RedisLimiter, type RedisLimiterOptions } from '../src/egress/redis-limiter';
+import { LimiterUnavailableError } from '../src/egress/rate/limiter';
+import { RedisLimiter, type RedisLimiterOptions } from '../src/egress/rate/redis-limiter';
 import { silentLogger } from '../src/observability/logger';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';
 import { maxInWindow as windowMax } from './helpers/windows';

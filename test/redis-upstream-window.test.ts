@@ -8,8 +8,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import Redis from 'ioredis';
-import { RedisUpstreamWindow } from '../src/egress/redis-upstream-window';
-import { LimiterUnavailableError } from '../src/egress/limiter';
+import { RedisUpstreamWindow } from '../src/egress/rate/redis-upstream-window';
+import { LimiterUnavailableError } from '../src/egress/rate/limiter';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';
 
 const skip = REDIS_SERVER ? false : REDIS_MISSING;

@@ -6,11 +6,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { AutoRate, SesAccount, sesMaxSendRate } from '../src/egress/ses-account';
-import { LocalLimiter } from '../src/egress/local-limiter';
-import { RedisLimiter } from '../src/egress/redis-limiter';
-import type { RecipientLimiter } from '../src/egress/limiter';
-import { limiterRate } from '../src/egress/limiter-metrics';
+import { AutoRate, SesAccount, sesMaxSendRate } from '../src/egress/rate/ses-account';
+import { LocalLimiter } from '../src/egress/rate/local-limiter';
+import { RedisLimiter } from '../src/egress/rate/redis-limiter';
+import type { RecipientLimiter } from '../src/egress/rate/limiter';
+import { limiterRate } from '../src/egress/rate/limiter-metrics';
 import { silentLogger, type Logger } from '../src/observability/logger';
 import { FAKE_API_ERRORS, startFakeSesApi, type FakeSesApi } from './helpers/fake-ses-api';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer } from './helpers/redis-server';

@@ -10,7 +10,7 @@ import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage } from '../spool/spool';
 import type { RecipientOutcome } from '../types';
 import type { Deferral } from './delivery-report';
-import type { RecipientResult } from './transport';
+import type { RecipientResult } from './transport/transport';
 
 export interface RetryPolicy {
   retryScheduleMs: number[];

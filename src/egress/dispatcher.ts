@@ -28,13 +28,13 @@ import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
 import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
-import { SendSlots } from './send-slots';
+import { SendSlots } from './rate/send-slots';
 import type { DeferralReason, RecipientOutcome } from '../types';
-import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
-import type { RecipientResult, Transport } from './transport';
+import { LimiterUnavailableError, type RecipientLimiter } from './rate/limiter';
+import type { RecipientResult, Transport } from './transport/transport';
 import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
 import { reportAttempt, type Deferral } from './delivery-report';
-import { UpstreamWindow, type SendTicket, type SendWindow } from './upstream-window';
+import { UpstreamWindow, type SendTicket, type SendWindow } from './rate/upstream-window';
 
 export interface DispatcherOptions {
   spool: Spool;

@@ -14,9 +14,9 @@
  */
 import { GetAccountCommand, SESv2Client, type SESv2ClientConfig } from '@aws-sdk/client-sesv2';
 import { Counter, Gauge } from 'prom-client';
-import type { AutoRateConfig } from '../config';
-import type { Logger } from '../observability/logger';
-import { METRIC_PREFIX, registry } from '../observability/metrics';
+import type { AutoRateConfig } from '../../config';
+import type { Logger } from '../../observability/logger';
+import { METRIC_PREFIX, registry } from '../../observability/metrics';
 import type { RecipientLimiter } from './limiter';
 
 export const sesMaxSendRate = new Gauge({

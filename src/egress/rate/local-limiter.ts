@@ -29,7 +29,7 @@
  */
 import Bottleneck from 'bottleneck';
 import { performance } from 'node:perf_hooks';
-import type { Logger } from '../observability/logger';
+import type { Logger } from '../../observability/logger';
 import {
   acquireRefusal,
   LimiterUnavailableError,

@@ -1,6 +1,6 @@
 /** Metrics of the recipient limiter (shared by the local and the Redis implementation). */
 import { Counter, Gauge, Histogram } from 'prom-client';
-import { METRIC_PREFIX, registry } from '../observability/metrics';
+import { METRIC_PREFIX, registry } from '../../observability/metrics';
 
 export const limiterWaitSeconds = new Histogram({
   name: `${METRIC_PREFIX}limiter_wait_seconds`,

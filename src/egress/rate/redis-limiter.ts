@@ -23,7 +23,7 @@
 import Bottleneck from 'bottleneck';
 import Redis, { type RedisOptions } from 'ioredis';
 import { performance } from 'node:perf_hooks';
-import type { Logger } from '../observability/logger';
+import type { Logger } from '../../observability/logger';
 import {
   acquireRefusal,
   LimiterUnavailableError,
