@@ -22,6 +22,7 @@ import { SesSmtpTransport } from './egress/transport/ses-smtp-transport';
 import { SesApiTransport } from './egress/transport/ses-api-transport';
 import { AutoRate, SesAccount } from './egress/rate/ses-account';
 import { OutboxTransport } from './egress/transport/outbox-transport';
+import { LimiterAdmission } from './egress/rate/admission';
 import { Dispatcher } from './egress/dispatcher';
 import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
@@ -170,13 +171,13 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       'AUTH is required but no TLS certificate is set: clients outside SMTP_TRUSTED_NETWORKS cannot authenticate (538 5.7.11). Set SSL_CERT_PATH and SSL_KEY_PATH, or SMTP_ALLOW_INSECURE_AUTH=true behind a TLS-terminating proxy.',
     );
   }
+  const admission = new LimiterAdmission({ limiter, slots: config.egress.poolSize });
   const dispatcher = new Dispatcher({
     spool,
     transport,
-    limiter,
+    admission,
     policy,
     config: config.egress,
-    burst: plan.burst,
     failOpen: config.policy.failOpen,
     logger,
   });
@@ -221,7 +222,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     await transport.close().catch(() => {});
     plan.autoRate?.stop();
     plan.account?.stop();
-    await limiter.stop().catch(() => {});
+    await admission.stop().catch(() => {});
     await policy.close().catch(() => {});
     await spool.close().catch(() => {});
     throw err;
@@ -253,7 +254,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
       plan.autoRate?.stop();
       plan.account?.stop();
-      await limiter.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
+      await admission.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
       await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
       const left = spool.counts();
       await spool.close();

@@ -5,6 +5,7 @@ import { createLogger } from '../src/observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../src/policy/policy';
 import { Dispatcher } from '../src/egress/dispatcher';
 import { LimiterUnavailableError, type RecipientLimiter } from '../src/egress/rate/limiter';
+import { LimiterAdmission } from '../src/egress/rate/admission';
 import { FAKE_REPLIES } from './helpers/fake-ses';
 import { startEgress, waitUntil, type EgressHarnessOptions } from './helpers/egress-harness';
 
@@ -194,7 +195,7 @@ describe('Dispatcher: upstream replies', () => {
     const dispatcher = new Dispatcher({
       spool: h.spool,
       transport: h.transport,
-      limiter,
+      admission: new LimiterAdmission({ limiter, slots: 2 }),
       policy: {
         check: async (r) => ({ allowed: r, suppressed: [] }),
         healthy: () => true,
@@ -206,7 +207,6 @@ describe('Dispatcher: upstream replies', () => {
         poolSize: 2,
         maxRecipientsPerTransaction: 50,
       },
-      burst: 50,
       logger: log.logger,
       unavailableRetryMs: 100,
     });

@@ -28,25 +28,23 @@ import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
 import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
-import { SendSlots } from './rate/send-slots';
 import type { DeferralReason, RecipientOutcome } from '../types';
-import { LimiterUnavailableError, type RecipientLimiter } from './rate/limiter';
+import { LimiterUnavailableError } from './rate/limiter';
+import { outcomeCounts, type Admission, type Ticket } from './rate/admission';
 import type { RecipientResult, Transport } from './transport/transport';
 import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
 import { reportAttempt, type Deferral } from './delivery-report';
-import { UpstreamWindow, type SendTicket, type SendWindow } from './rate/upstream-window';
 
 export interface DispatcherOptions {
   spool: Spool;
   transport: Transport;
-  limiter: RecipientLimiter;
+  /** Decides when a transaction may go to SES (slot, tokens, window, throttle feedback). */
+  admission: Admission;
   policy: RecipientPolicy;
   config: Pick<
     EgressConfig,
     'retryScheduleMs' | 'maxQueueAgeMs' | 'poolSize' | 'maxRecipientsPerTransaction'
   >;
-  /** Limiter burst: transactions never carry more recipients than this. */
-  burst: number;
   /** Send even when the suppression list cannot be consulted (BLOCKLIST_FAIL_OPEN). */
   failOpen?: boolean;
   logger: Logger;
@@ -84,7 +82,7 @@ interface Attempt {
 export class Dispatcher {
   private readonly spool: Spool;
   private readonly transport: Transport;
-  private readonly limiter: RecipientLimiter;
+  private readonly admission: Admission;
   readonly policy: RecipientPolicy;
   private readonly config: DispatcherOptions['config'];
   readonly logger: Logger;
@@ -103,16 +101,12 @@ export class Dispatcher {
   private woken = false;
   private abort = new AbortController();
   private idleWaiters: Array<() => void> = [];
-  /** SMTP transaction slots, one per pooled connection. */
-  private readonly slots: SendSlots;
-  /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
-  private readonly upstreamWindow: SendWindow;
   private readonly writer: OutcomeWriter;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
     this.transport = options.transport;
-    this.limiter = options.limiter;
+    this.admission = options.admission;
     this.policy = options.policy;
     this.config = options.config;
     this.logger = options.logger;
@@ -120,10 +114,13 @@ export class Dispatcher {
     this.failOpen = options.failOpen ?? false;
     this.chunkSize = Math.max(
       1,
-      Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
+      Math.min(
+        options.config.maxRecipientsPerTransaction || 50,
+        50,
+        Math.floor(this.admission.status().burst),
+      ),
     );
     this.maxInFlight = Math.max(1, options.config.poolSize * 2);
-    this.slots = new SendSlots(options.config.poolSize);
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
     this.retryPolicy = {
       retryScheduleMs: options.config.retryScheduleMs,
@@ -131,10 +128,6 @@ export class Dispatcher {
       unavailableRetryMs: this.unavailableRetryMs,
     };
     this.maxSleepMs = options.maxSleepMs ?? 5000;
-    const burst = Math.max(1, Math.floor(options.burst));
-    this.upstreamWindow =
-      this.limiter.sendWindow?.() ??
-      new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
     this.writer = new OutcomeWriter(
       this.spool,
       this.logger,
@@ -313,13 +306,7 @@ export class Dispatcher {
       if (go === 'released' || task.abandoned) return;
       if (go === 'stop') break;
       attempt.attempted = true;
-      let results: RecipientResult[];
-      try {
-        results = await this.sendTransaction(task, chunk);
-      } finally {
-        this.upstreamWindow.done(go);
-        this.slots.release();
-      }
+      const results = await this.sendTransaction(task, chunk, go);
       if (task.abandoned) return;
       classifyResults(results, attempt.outcomes, attempt.deferrals);
       const more = i + this.chunkSize < allowed.length;
@@ -351,7 +338,7 @@ export class Dispatcher {
     task: Task,
     attempt: Attempt,
     rest: string[],
-  ): Promise<SendTicket | 'stop' | 'released'> {
+  ): Promise<Ticket | 'stop' | 'released'> {
     const m = task.message;
     const size = Math.min(this.chunkSize, rest.length);
     const untouched = () => !attempt.attempted && attempt.outcomes.length === 0;
@@ -368,19 +355,14 @@ export class Dispatcher {
       }
       return deferRest('shutdown', 'relay shutting down');
     }
-    let slot = false;
     try {
-      // Nothing goes out while an outcome cannot be written. Then a connection slot, then the tokens:
-      // tokens are never spent on a transaction that would then queue inside the pool waiting for a
-      // connection (and reach SES in a bunch).
+      // Nothing goes out while an outcome cannot be written: before admission, and again between the
+      // connection slot and the tokens (the wait for a slot may have been long).
       await this.writer.whenUnblocked(this.abort.signal);
-      await this.slots.acquire(this.abort.signal);
-      slot = true;
-      await this.writer.whenUnblocked(this.abort.signal); // again: the wait for a slot may have been long
-      await this.limiter.acquire(size, this.abort.signal);
-      return await this.upstreamWindow.admit(size, this.abort.signal);
+      return await this.admission.admit(size, this.abort.signal, {
+        beforeTokens: () => this.writer.whenUnblocked(this.abort.signal),
+      });
     } catch (err) {
-      if (slot) this.slots.release();
       if (task.abandoned) return 'released';
       const shutdown = !this.running;
       if (shutdown && untouched()) {
@@ -395,7 +377,12 @@ export class Dispatcher {
     }
   }
 
-  private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
+  /** One upstream transaction under `ticket`; the ticket is settled with what SES answered. */
+  private async sendTransaction(
+    task: Task,
+    recipients: string[],
+    ticket: Ticket,
+  ): Promise<RecipientResult[]> {
     const m = task.message;
     task.sending = true;
     deliveryInFlight.inc();
@@ -425,7 +412,9 @@ export class Dispatcher {
     upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
     const codes = new Set(results.map((r) => r.code));
     for (const code of codes) upstreamReplies.inc({ code: String(code) });
-    if (results.some((r) => r.class === 'throttled')) this.limiter.throttled();
+    await ticket.settle(outcomeCounts(results)).catch((err: unknown) => {
+      this.logger.warn({ err, queueId: m.id }, 'admission: could not record the outcome');
+    });
     return results;
   }
 

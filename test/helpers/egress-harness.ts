@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { Dispatcher } from '../../src/egress/dispatcher';
+import { LimiterAdmission } from '../../src/egress/rate/admission';
 import { LocalLimiter } from '../../src/egress/rate/local-limiter';
 import { SesSmtpTransport } from '../../src/egress/transport/ses-smtp-transport';
 import { silentLogger, type Logger } from '../../src/observability/logger';
@@ -95,7 +96,7 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
   const dispatcher = new Dispatcher({
     spool,
     transport,
-    limiter,
+    admission: new LimiterAdmission({ limiter, slots: poolSize }),
     policy: o.policy ?? allowAll,
     config: {
       retryScheduleMs: o.retryScheduleMs ?? [100, 200],
@@ -103,7 +104,6 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
       poolSize,
       maxRecipientsPerTransaction: o.maxRecipientsPerTransaction ?? 50,
     },
-    burst,
     failOpen: o.failOpen,
     logger,
     throttleRetryMs: o.throttleRetryMs ?? [50, 100],
