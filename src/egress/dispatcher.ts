@@ -29,7 +29,7 @@ import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
 import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
 import type { DeferralReason, RecipientOutcome } from '../types';
-import { LimiterUnavailableError } from './rate/limiter';
+import { DeliveryPausedError, LimiterUnavailableError } from './rate/admission-errors';
 import { outcomeCounts, type Admission, type Ticket } from './rate/admission';
 import type { RecipientResult, Transport } from './transport/transport';
 import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
@@ -68,6 +68,8 @@ interface Task {
   sending: boolean;
   /** Recipients SES accepted whose outcome is not yet durable (said in the log if abandoned). */
   unrecordedDelivered: number;
+  /** The one message let through while delivery is paused (its first transaction is the probe). */
+  probe: boolean;
 }
 
 /** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */
@@ -134,11 +136,12 @@ export class Dispatcher {
       options.spoolRetryMs ?? DEFAULT_SPOOL_RETRY_MS,
       () => this.wake(),
     );
+    this.admission.onChange(() => this.wake());
   }
 
-  /** Delivery is paused because the spool cannot be written (for /readyz). */
+  /** Delivery is paused: the spool cannot be written, or SES's quota or account pauses it (for /readyz). */
   get paused(): boolean {
-    return this.writer.blocked();
+    return this.writer.blocked() || this.admission.pausedReason() !== undefined;
   }
 
   start(): void {
@@ -200,6 +203,10 @@ export class Dispatcher {
         pauseMs = this.writer.retryMs[0];
         this.writer.wakeAll(); // the spool recovered on its own (a store committed): release the gates
       }
+      if (this.admission.pausedReason()) {
+        await this.whilePaused();
+        continue;
+      }
       const room = this.maxInFlight - this.tasks.size;
       let leased: QueuedMessage[] = [];
       if (room > 0) {
@@ -236,6 +243,31 @@ export class Dispatcher {
     }
   }
 
+  /**
+   * All delivery is paused (daily quota spent, sending paused): lease nothing, except one message when
+   * admission says a probe is due (at most one per SES_QUOTA_PROBE_INTERVAL across replicas).
+   */
+  private async whilePaused(): Promise<void> {
+    const probing = [...this.tasks.values()].some((t) => t.probe);
+    if (!probing && (await this.admission.probe()) === 'send-probe' && this.running) {
+      let leased: QueuedMessage[] = [];
+      try {
+        leased = this.spool.lease(1, this.now());
+      } catch (err) {
+        this.logger.error({ err }, 'dispatcher: cannot lease from the spool');
+      }
+      for (const m of leased) {
+        this.logger.info(
+          { event: 'delivery:probe', queueId: m.id, reason: this.admission.pausedReason() },
+          'delivery paused: sending one message as the probe',
+        );
+        this.begin(m, true);
+      }
+    }
+    this.checkIdle();
+    await this.sleepUntilWoken(Math.min(this.maxSleepMs, 1000));
+  }
+
   private sleepUntilWoken(ms: number): Promise<void> {
     if (this.woken || !this.running) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -250,13 +282,14 @@ export class Dispatcher {
     });
   }
 
-  private begin(message: QueuedMessage): void {
+  private begin(message: QueuedMessage, probe = false): void {
     const task: Task = {
       message,
       promise: Promise.resolve(),
       abandoned: false,
       sending: false,
       unrecordedDelivered: 0,
+      probe,
     };
     this.tasks.set(message.id, task);
     task.promise = this.deliver(task)
@@ -283,9 +316,14 @@ export class Dispatcher {
     const started = this.now();
     const recipients = m.envelope.recipients;
 
-    if (started - m.reception.receivedAt > this.config.maxQueueAgeMs) {
-      const ageH = ((started - m.reception.receivedAt) / 3600_000).toFixed(1);
-      const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h)`;
+    // Time while all delivery was paused (daily quota, sending paused) does not count.
+    const age = this.admission.queueAge(m.reception.receivedAt, started);
+    if (age > this.config.maxQueueAgeMs) {
+      const ageH = (age / 3600_000).toFixed(1);
+      const wall = started - m.reception.receivedAt;
+      const paused =
+        wall - age > 0 ? `, ${((wall - age) / 3600_000).toFixed(1)} h more while delivery was paused` : '';
+      const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h${paused})`;
       const outcomes: RecipientOutcome[] = recipients.map((recipient) => ({
         recipient,
         status: 'expired',
@@ -360,10 +398,19 @@ export class Dispatcher {
       // connection slot and the tokens (the wait for a slot may have been long).
       await this.writer.whenUnblocked(this.abort.signal);
       return await this.admission.admit(size, this.abort.signal, {
+        probe: task.probe && !attempt.attempted,
         beforeTokens: () => this.writer.whenUnblocked(this.abort.signal),
       });
     } catch (err) {
       if (task.abandoned) return 'released';
+      if (err instanceof DeliveryPausedError) {
+        // Nothing sent yet: back to the spool untouched (due at once; the pause holds it back).
+        if (untouched()) {
+          this.spool.release(m.id);
+          return 'released';
+        }
+        return deferRest(err.reason, `delivery paused: ${err.reason}`);
+      }
       const shutdown = !this.running;
       if (shutdown && untouched()) {
         this.spool.release(m.id);
@@ -412,9 +459,8 @@ export class Dispatcher {
     upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
     const codes = new Set(results.map((r) => r.code));
     for (const code of codes) upstreamReplies.inc({ code: String(code) });
-    await ticket.settle(outcomeCounts(results)).catch((err: unknown) => {
-      this.logger.warn({ err, queueId: m.id }, 'admission: could not record the outcome');
-    });
+    const refusal = results.find((r) => r.signal)?.reply;
+    await ticket.settle(outcomeCounts(results), refusal);
     return results;
   }
 
