@@ -205,6 +205,91 @@ describe('rate formula: TypeScript and Lua agree', { skip: REDIS_SERVER ? false 
   }
 });
 
+/** The same formula driven at explicit clock values, in TypeScript or in Lua (a real redis-server). */
+interface Engine {
+  take(now: number, n: number, id: string, inFlight?: number): Promise<string>;
+  finish(now: number, n: number, id: string): Promise<void>;
+  throttle(now: number): Promise<{ reaction: string; fraction: number }>;
+  fraction(now: number): Promise<number>;
+}
+
+function tsEngine(p: RateParams): Engine {
+  const s = emptyState(0);
+  let inFlight = 0;
+  return {
+    async take(now, n, id) {
+      const r = take(s, p, now, n, id, inFlight, false, false);
+      if (r.status === 'granted') inFlight += n;
+      return r.status;
+    },
+    async finish(now, n) {
+      finish(s, p, now, n, inFlight, false);
+      inFlight -= n;
+    },
+    throttle: async (now) => throttle(s, p, now, inFlight),
+    fraction: async (now) => fraction(s, p, now),
+  };
+}
+
+async function luaEngine(p: RateParams, url: string, name: string): Promise<Engine & { close(): void }> {
+  const client = new Redis(url, { maxRetriesPerRequest: 1 });
+  const keys = ['rate', 'inflight', 'pause', 'paused', 'probe'].map((k) => `ses-relay:{${name}}:${k}`);
+  const run = async (...args: string[]) =>
+    parseRateReply(await client.eval(RATE_LUA, keys.length, ...keys, ...args));
+  await run(...luaArgs(p, 'read', 0));
+  return {
+    take: async (now, n, id) => (await run(...luaArgs(p, 'take', now, String(n), id, '0'))).status,
+    finish: async (now, n, id) => void (await run(...luaArgs(p, 'finish', now, String(n), id, '0'))),
+    throttle: async (now) => {
+      const r = await run(...luaArgs(p, 'throttle', now));
+      return { reaction: r.reaction, fraction: r.fraction };
+    },
+    fraction: async (now) => (await run(...luaArgs(p, 'read', now))).fraction,
+    close: () => client.disconnect(),
+  };
+}
+
+/** Isolated 454 → drain and brief hold, then the full rate; repeated 454s → decrease, then additive increase. */
+async function reactionScenario(e: Engine, p: RateParams): Promise<void> {
+  assert.equal(await e.take(10_000, 10, 'a:1:10'), 'granted', 'a full bucket after 10 s');
+  await e.finish(10_100, 10, 'a:1:10');
+  assert.deepEqual(await e.throttle(10_100), { reaction: 'pause', fraction: 1 }, 'isolated: hold only');
+  assert.equal((await e.throttle(10_600)).reaction, 'none', 'within the debounce: the same event');
+  // Empty and held for holdMs (1 s), then 20/s again: the first token 50 ms after the hold.
+  assert.equal(await e.take(11_000, 1, 'a:2:1'), 'wait');
+  assert.equal(await e.take(11_149, 1, 'a:2:1'), 'wait');
+  assert.equal(await e.take(11_150, 1, 'a:2:1'), 'granted');
+  await e.finish(11_160, 1, 'a:2:1');
+  assert.equal(await e.fraction(11_160), 1, 'the full rate after an isolated 454');
+  // A second 454 within repeatMs: the rate is too high. × factor, flat during the hold, then +(1 − factor)
+  // per recoveryMs.
+  const r = await e.throttle(13_000);
+  assert.equal(r.reaction, 'decrease');
+  assert.ok(Math.abs(r.fraction - 0.8) < 1e-12, `${r.fraction}`);
+  assert.ok(Math.abs((await e.fraction(14_000)) - 0.8) < 1e-12, 'flat during the hold');
+  assert.ok(Math.abs((await e.fraction(17_000)) - 0.9) < 1e-12, 'half way after half of recoveryMs');
+  // Below the full rate every 454 (past the debounce) is a decrease: 0.95 × 0.8 at 18.5 s.
+  const again = await e.throttle(18_500);
+  assert.equal(again.reaction, 'decrease');
+  assert.ok(Math.abs(again.fraction - 0.95 * 0.8) < 1e-9, `${again.fraction}`);
+  assert.equal(await e.fraction(18_500 + p.holdMs + p.recoveryMs * (0.24 / 0.2)), 1, 'climbed back');
+  // Long quiet at the full rate: a 454 is isolated again.
+  assert.equal((await e.throttle(60_000)).reaction, 'pause');
+}
+
+describe('the throttle reaction, scripted, in both implementations', () => {
+  it('TypeScript (in-process back end)', async () => {
+    await reactionScenario(tsEngine(PARAMS), PARAMS);
+  });
+  it('Lua (Redis back end)', { skip: REDIS_SERVER ? false : REDIS_MISSING }, async (t) => {
+    const server = await startRedisServer();
+    t.after(() => server.close());
+    const e = await luaEngine(PARAMS, server.url, 'reaction');
+    t.after(() => e.close());
+    await reactionScenario(e, PARAMS);
+  });
+});
+
 describe('rate formula (TypeScript)', () => {
   const p = PARAMS;
   it('starts empty and refills at the rate, never above burst − in flight', () => {

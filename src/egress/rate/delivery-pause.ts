@@ -40,7 +40,8 @@ export class DeliveryPause {
   private logged?: DeliveryPauseState;
   /** Why this replica ended the pause, for the resume line. */
   private resumedVia?: string;
-  private startedHere?: { since: number; reply?: string };
+  /** A pause this replica is starting (its refusal), while the back end records it. */
+  private beginning?: { reason: PauseReason; reply?: string };
   private probing = false;
 
   constructor(private readonly options: DeliveryPauseOptions) {
@@ -61,9 +62,13 @@ export class DeliveryPause {
 
   /** SES refused with `reason`: pause all delivery (a no-op when already paused). */
   async begin(reason: PauseReason, reply?: string): Promise<void> {
-    const r = await this.backend.pause(reason, this.options.probeIntervalMs);
-    if (r.changed) this.startedHere = { since: r.state.since, reply };
-    this.report();
+    this.beginning = { reason, reply };
+    try {
+      await this.backend.pause(reason, this.options.probeIntervalMs);
+      this.report();
+    } finally {
+      this.beginning = undefined;
+    }
   }
 
   /** The probe message got an answer other than the refusal that paused delivery: resume. */
@@ -135,12 +140,12 @@ export class DeliveryPause {
       this.resumedVia = undefined;
     }
     if (now && (!before || now.since !== before.since)) {
-      const here = this.startedHere?.since === now.since;
+      const here = this.beginning?.reason === now.reason;
       const line = {
         event: 'delivery:paused',
         reason: now.reason,
         since: new Date(now.since).toISOString(),
-        reply: here ? this.startedHere?.reply : undefined,
+        reply: here ? this.beginning?.reply : undefined,
         origin: here ? 'this replica' : 'shared (another replica, or before a restart)',
         probeEveryMs: this.options.probeIntervalMs,
         method: this.options.account ? 'GetAccount' : 'probe message',
