@@ -21,6 +21,14 @@ export interface RetryPolicy {
   unavailableRetryMs: number;
 }
 
+/** Every recipient expired: `age` (paused time not counted) passed MAX_QUEUE_AGE; `wall` is the real age. */
+export function expiredOutcomes(recipients: string[], age: number, wall: number): RecipientOutcome[] {
+  const hours = (ms: number) => (ms / 3600_000).toFixed(1);
+  const paused = wall - age > 0 ? `, ${hours(wall - age)} h more while delivery was paused` : '';
+  const reply = `expired: not delivered within the maximum queue age (queued ${hours(age)} h${paused})`;
+  return recipients.map((recipient) => ({ recipient, status: 'expired', reply }));
+}
+
 /** Append each result to `outcomes` (final) or `deferrals` (to retry). */
 export function classifyResults(
   results: RecipientResult[],

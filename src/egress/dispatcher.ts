@@ -1,17 +1,19 @@
 /**
  * The delivery loop: lease due messages from the spool in small batches, consult the suppression
  * policy, split the allowed recipients into SMTP transactions of at most min(50, burst) recipients,
- * take that many tokens from the recipient limiter, send, classify each recipient's reply and settle
- * the outcome in the spool.
+ * ask admission (rate/admission.ts: connection slot, tokens, the delivery pause) for each, send,
+ * classify each recipient's reply, tell admission what SES answered, and settle the outcome in the spool.
  *
  * - At most `poolSize * 2` messages are in flight (policy lookups overlap with sending) and at most
- *   `poolSize` SMTP transactions; a transaction takes a connection slot before its limiter tokens, so
- *   tokens are spent only when a connection is free to use them at once. The backlog stays on disk.
+ *   `poolSize` SMTP transactions (admission's slots). The backlog stays on disk.
  * - Between batches the loop sleeps until the spool's next due time, a finished delivery, or `wake()`
  *   (the ingress calls it after each store, so new mail leaves at once).
  * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
  *   little jitter); SES throttling (454), an unreachable policy or limiter, and shutdown defer without
- *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires.
+ *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires (time while
+ *   delivery was paused not counted).
+ * - While SES's daily quota is spent or sending is paused (admission's delivery pause) nothing is leased
+ *   but one probe message when admission says one is due; refusals then are not counted.
  * - Outcomes are durable per SMTP transaction: a message sent in several transactions (more than
  *   min(50, burst) recipients) records each one's final outcomes (`spool.record`) as soon as SES answered
  *   it, and settles the rest after the last, so a crash re-sends at most the transaction in flight.
@@ -19,7 +21,7 @@
  *   written is kept in memory and its write retried with backoff, the message stays leased (never sent
  *   again because of the write error), nothing is leased or sent meanwhile, and delivery resumes by
  *   itself when a write (a retry or a probe) succeeds.
- * - stop(grace): stop leasing, abort limiter waits, let in-flight SMTP transactions finish within grace,
+ * - stop(grace): stop leasing, abort admission waits, let in-flight SMTP transactions finish within grace,
  *   release the rest to the spool (due again at once, or after a restart).
  */
 import type { EgressConfig } from '../config';
@@ -27,13 +29,20 @@ import type { Logger } from '../observability/logger';
 import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
-import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
-import type { DeferralReason, RecipientOutcome } from '../types';
+import {
+  classifyResults,
+  consultPolicy,
+  expiredOutcomes,
+  retryDelay,
+  type RetryPolicy,
+} from './delivery-outcomes';
+import type { DeferralReason } from '../types';
 import { DeliveryPausedError, LimiterUnavailableError } from './rate/admission-errors';
 import { outcomeCounts, type Admission, type Ticket } from './rate/admission';
 import type { RecipientResult, Transport } from './transport/transport';
-import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
-import { reportAttempt, type Deferral } from './delivery-report';
+import { sendUpstream } from './upstream-send';
+import { releaseAbandoned, type Attempt, type Task } from './delivery-task';
+import { reportAttempt } from './delivery-report';
 
 export interface DispatcherOptions {
   spool: Spool;
@@ -59,31 +68,9 @@ export interface DispatcherOptions {
   spoolRetryMs?: [number, number];
 }
 
-interface Task {
-  message: QueuedMessage;
-  promise: Promise<void>;
-  /** Set when stop() gave up waiting: the task must not touch the spool any more. */
-  abandoned: boolean;
-  /** An SMTP transaction of this message is in progress. */
-  sending: boolean;
-  /** Recipients SES accepted whose outcome is not yet durable (said in the log if abandoned). */
-  unrecordedDelivered: number;
-  /** The one message let through while delivery is paused (its first transaction is the probe). */
-  probe: boolean;
-}
-
-/** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */
-interface Attempt {
-  recorded: RecipientOutcome[];
-  outcomes: RecipientOutcome[];
-  deferrals: Deferral[];
-  /** An SMTP transaction was attempted. */
-  attempted: boolean;
-}
-
 export class Dispatcher {
-  private readonly spool: Spool;
-  private readonly transport: Transport;
+  readonly spool: Spool;
+  readonly transport: Transport;
   private readonly admission: Admission;
   readonly policy: RecipientPolicy;
   private readonly config: DispatcherOptions['config'];
@@ -319,16 +306,7 @@ export class Dispatcher {
     // Time while all delivery was paused (daily quota, sending paused) does not count.
     const age = this.admission.queueAge(m.reception.receivedAt, started);
     if (age > this.config.maxQueueAgeMs) {
-      const ageH = (age / 3600_000).toFixed(1);
-      const wall = started - m.reception.receivedAt;
-      const paused =
-        wall - age > 0 ? `, ${((wall - age) / 3600_000).toFixed(1)} h more while delivery was paused` : '';
-      const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h${paused})`;
-      const outcomes: RecipientOutcome[] = recipients.map((recipient) => ({
-        recipient,
-        status: 'expired',
-        reply,
-      }));
+      const outcomes = expiredOutcomes(recipients, age, started - m.reception.receivedAt);
       await this.settle(task, { recorded: [], outcomes, deferrals: [], attempted: false });
       return;
     }
@@ -430,35 +408,13 @@ export class Dispatcher {
     recipients: string[],
     ticket: Ticket,
   ): Promise<RecipientResult[]> {
-    const m = task.message;
     task.sending = true;
-    deliveryInFlight.inc();
-    const t0 = process.hrtime.bigint();
     let results: RecipientResult[];
     try {
-      results = await this.transport.send({
-        id: m.id,
-        mailFrom: m.envelope.mailFrom,
-        recipients,
-        body: () => this.spool.openBody(m.id),
-        size: m.size,
-      });
-    } catch (err) {
-      // Transports classify everything; a throw is a bug or an unreadable body: retry later.
-      this.logger.error({ err, queueId: m.id }, 'transport threw');
-      results = recipients.map((recipient) => ({
-        recipient,
-        class: 'transient' as const,
-        code: 0,
-        reply: `transport error: ${(err as Error).message}`,
-      }));
+      results = await sendUpstream(this, task.message, recipients);
     } finally {
       task.sending = false;
-      deliveryInFlight.dec();
     }
-    upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
-    const codes = new Set(results.map((r) => r.code));
-    for (const code of codes) upstreamReplies.inc({ code: String(code) });
     const refusal = results.find((r) => r.signal)?.reply;
     await ticket.settle(outcomeCounts(results), refusal);
     return results;
@@ -498,7 +454,7 @@ export class Dispatcher {
   }
 
   /**
-   * Stop leasing, abort limiter waits, let SMTP transactions in flight finish within `graceMs`, then
+   * Stop leasing, abort admission waits, let SMTP transactions in flight finish within `graceMs`, then
    * release whatever is still leased (due again at once; after a restart anyway).
    */
   async stop(graceMs: number): Promise<void> {
@@ -520,22 +476,7 @@ export class Dispatcher {
       if (timedOut) {
         for (const t of this.tasks.values()) t.abandoned = true;
         this.writer.wakeAll();
-        for (const t of this.tasks.values()) {
-          try {
-            this.spool.release(t.message.id);
-          } catch {
-            /* spool already closed */
-          }
-          this.logger.warn(
-            {
-              event: 'message:released',
-              queueId: t.message.id,
-              sending: t.sending,
-              unrecordedDelivered: t.unrecordedDelivered,
-            },
-            'shutdown grace exceeded: message released to the spool (it may be sent again: at-least-once)',
-          );
-        }
+        releaseAbandoned(this.spool, this.logger, [...this.tasks.values()]);
         this.tasks.clear();
       }
     }
