@@ -1,12 +1,15 @@
 /**
  * `npm run bench`: every benchmark in turn, each printing its own table (see docs/benchmarks.md).
- * BENCH_QUICK=1 for a smoke run with small numbers. BENCH_ONLY=rate,ingress,shared to pick some.
+ * BENCH_QUICK=1 for a smoke run with small numbers. BENCH_ONLY=rate,ingress,shared,throttle,fairness to pick
+ * some.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { main as rateAccuracy } from './rate-accuracy';
 import { main as ingress } from './ingress';
+import { main as throttleReaction } from './throttle-reaction';
+import { main as tenantFairness } from './tenant-fairness';
 import { quickMode } from './lib/report';
 
 interface Bench {
@@ -33,6 +36,8 @@ export async function main(): Promise<void> {
     { key: 'rate', run: rateAccuracy },
     { key: 'ingress', run: ingress },
     { key: 'shared', run: sharedRate },
+    { key: 'throttle', run: throttleReaction },
+    { key: 'fairness', run: tenantFairness },
   ];
   const only = (process.env.BENCH_ONLY ?? '')
     .split(',')

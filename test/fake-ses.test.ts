@@ -159,6 +159,43 @@ describe('fake SES rate limit', () => {
     assert.ok(ses.maxRecipientsInWindow(300) <= 4 + 3 + 1);
   });
 
+  it('a refused transaction is refused whole, takes no tokens, and is recorded with its recipients', async () => {
+    // A slow refill (1 token per 2 s) so the few ms between transactions do not matter.
+    const slow = await startFakeSes({ rateLimit: { perSecond: 0.5, burst: 5 } });
+    const t = client(slow);
+    const send = (to: string[], s: string) =>
+      t.sendMail({ envelope: { from: 'a@example.com', to }, raw: raw(s) });
+    try {
+      await send(['a@x.test', 'b@x.test', 'c@x.test'], 'fits'); // 3 of 5 tokens
+      // 3 recipients, 2 tokens left: SES answers 454 after DATA and drops the message.
+      await assert.rejects(
+        send(['d@x.test', 'e@x.test', 'f@x.test'], 'over'),
+        (e: { responseCode?: number; response?: string }) =>
+          e.responseCode === 454 && /Maximum sending rate exceeded/.test(e.response ?? ''),
+      );
+      // The refusal took no tokens: the remaining 2 still admit a 2-recipient transaction.
+      await send(['g@x.test', 'h@x.test'], 'rest');
+      // More recipients than the bucket holds: can never pass.
+      await assert.rejects(
+        send(['1@x.test', '2@x.test', '3@x.test', '4@x.test', '5@x.test', '6@x.test'], 'big'),
+      );
+    } finally {
+      t.close();
+    }
+    assert.equal(slow.recipientsReceived(), 5);
+    assert.deepEqual(
+      slow.refusals.map((r) => r.recipients),
+      [3, 6],
+    );
+    assert.equal(slow.throttledRecipients(), 9);
+    assert.equal(slow.throttledCount, 2);
+    assert.ok(slow.refusals[0].at <= slow.refusals[1].at && slow.refusals[0].connectionId);
+    slow.reset();
+    assert.equal(slow.refusals.length, 0);
+    assert.equal(slow.throttledRecipients(), 0);
+    await slow.close();
+  });
+
   it('maxRecipientsInWindow slides over acceptance times', () => {
     ses.reset();
     const push = (at: number, n: number) =>

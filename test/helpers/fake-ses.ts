@@ -4,6 +4,14 @@
  * way SES does (454 Throttling failure, 421, 451, 554, 550 per recipient, dropped connections, slow replies)
  * and to enforce a recipient-counted sending rate like SES.
  *
+ * The rate limit behaves as SES's SMTP interface does: SES counts recipients, not messages ("Quotas are
+ * based on the number of recipients", https://docs.aws.amazon.com/ses/latest/dg/quotas.html), answers
+ * `454 Throttling failure: Maximum sending rate exceeded` after the DATA command, and drops the message: it
+ * must be resent (https://docs.aws.amazon.com/ses/latest/dg/manage-sending-quotas-errors.html). So the
+ * fake refuses the WHOLE transaction at the end of DATA when its recipients do not all fit in the bucket
+ * (a strict token bucket: a refused transaction takes no tokens; one with more recipients than `burst`
+ * can never pass), and records each refusal in `refusals` with its recipient count.
+ *
  *   const ses = await startFakeSes({ rateLimit: { perSecond: 14, burst: 14 } });
  *   ses.queueData(FAKE_REPLIES.throttling);          // next DATA gets 454
  *   ses.queueRcpt('bad@example.com', FAKE_REPLIES.mailboxUnavailable);
@@ -38,6 +46,14 @@ export interface ReceivedMessage {
   mailLine?: string;
   /** Every RCPT TO command line of this transaction exactly as it arrived, accepted or not. */
   rcptLines?: string[];
+}
+
+/** A transaction refused with 454 by the rate limit (see `rateLimit`). */
+export interface RefusedTransaction {
+  /** ms timestamp of the 454 (end of DATA). */
+  at: number;
+  recipients: number;
+  connectionId: string;
 }
 
 /**
@@ -101,6 +117,10 @@ export interface FakeSes {
   readonly messages: ReceivedMessage[];
   /** Transactions refused with 454 by the rate limit. */
   readonly throttledCount: number;
+  /** The same refusals, in order, with their recipient counts (the whole transaction is refused). */
+  readonly refusals: RefusedTransaction[];
+  /** Recipients in transactions refused by the rate limit (a recipient refused twice counts twice). */
+  throttledRecipients(): number;
   /** Connections ever accepted / open now. */
   readonly connectionsOpened: number;
   readonly connectionsOpen: number;
@@ -137,6 +157,7 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
   const username = options.username ?? 'AKIAFAKE';
   const password = options.password ?? 'fake-secret';
   const messages: ReceivedMessage[] = [];
+  const refusals: RefusedTransaction[] = [];
   const rcptQueues = new Map<string, FakeAnswer[]>();
   const mailQueue: FakeAnswer[] = [];
   const dataQueue: FakeAnswer[] = [];
@@ -285,6 +306,7 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
             if (sizeExceeded) return cb(answerError({ code: 552, message: 'Message too large' }));
             if (!takeTokens(ctx.recipients.length)) {
               throttledCount++;
+              refusals.push({ at: Date.now(), recipients: ctx.recipients.length, connectionId: session.id });
               return cb(answerError(FAKE_REPLIES.throttling));
             }
             const received = lines.get(session.id);
@@ -322,9 +344,11 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
     username,
     password,
     messages,
+    refusals,
     get throttledCount() {
       return throttledCount;
     },
+    throttledRecipients: () => refusals.reduce((n, r) => n + r.recipients, 0),
     get connectionsOpened() {
       return connectionsOpened;
     },
@@ -374,6 +398,7 @@ export async function startFakeSes(options: FakeSesOptions = {}): Promise<FakeSe
     },
     reset() {
       messages.length = 0;
+      refusals.length = 0;
       throttledCount = 0;
       connectionsOpened = 0;
       authCount = 0;
