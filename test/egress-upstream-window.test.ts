@@ -42,29 +42,31 @@ test('a cancelled ticket gives its tokens back', async (t) => {
 test('whatever the grant-to-arrival delays, a strict SES bucket never refuses', async (t) => {
   const rate = 50;
   const burst = 10;
+  // SES's bucket starts (empty) no later than ours: a bucket created a moment before SES's would hold a
+  // fraction of a token more.
+  const start = performance.now();
   const admission = await localAdmission({ rate, burst, poolSize: 8 });
   t.after(() => admission.stop());
-  const start = performance.now();
   const arrivals: Array<{ at: number; n: number }> = [];
   let x = 7;
   const rnd = () => (x = (x * 1103515245 + 12345) % 2147483648) / 2147483648;
   const ac = new AbortController();
-  const until = start + 4000;
+  const until = performance.now() + 4000;
   const workers = Array.from({ length: 8 }, async () => {
     for (let i = 0; i < 10_000 && performance.now() < until; i++) {
       const n = 1 + Math.floor(rnd() * 3);
       const ticket = await admission.admit(n, ac.signal).catch(() => undefined);
       if (!ticket) return;
       const granted = performance.now();
-      // 10 % are slow: a new connection, or a big body; SES counts them anywhere before the answer.
-      const latency = rnd() < 0.1 ? 300 + rnd() * 1200 : rnd() * 60;
+      // 20 % are slow: a new connection, or a big body; SES counts them anywhere before the answer.
+      const latency = rnd() < 0.2 ? 500 + rnd() * 1000 : rnd() * 60;
       await sleep(latency);
       const answered = performance.now();
       // Slow ones arrive late (end of a long DATA), quick ones at once.
       arrivals.push({ at: latency > 300 ? answered - 1 : granted + rnd() * (answered - granted), n });
       await ticket.settle({ delivered: n });
       // Now and then the backlog runs dry for a moment: the bucket refills while slow ones are out.
-      if (rnd() < 0.15) await sleep(200 + rnd() * 400);
+      if (rnd() < 0.15) await sleep(300 + rnd() * 500);
     }
   });
   await sleep(4000);
@@ -83,7 +85,7 @@ test('whatever the grant-to-arrival delays, a strict SES bucket never refuses', 
   const sent = arrivals.reduce((s, a) => s + a.n, 0);
   t.diagnostic(`${sent} recipients in ${arrivals.length} transactions, ${refused} over SES's bucket`);
   assert.equal(refused, 0);
-  assert.ok(sent >= rate * 2, `the load ran (${sent})`);
+  assert.ok(sent >= rate * 1.5, `the load ran (${sent})`);
 });
 
 test('a slow transaction keeps its room: a refilled bucket does not send a second bucket after it', async (t) => {
