@@ -5,7 +5,7 @@
  * relay's limiter). Per SES_RATE_LIMIT (14 and 200 recipients/s):
  *
  * - achieved rate = (recipients accepted upstream - those of the first upstream transaction) / (last - first
- *   upstream acceptance): the bucket starts empty (src/egress/local-limiter.ts), so the first transaction
+ *   upstream acceptance): the bucket starts empty (src/egress/rate/local-backend.ts), so the first transaction
  *   leaves once its tokens are earned and every later recipient was earned between the first acceptance
  *   and the last: a perfect limiter scores 100 % (bench/shared-rate.ts, whose shared bucket starts full,
  *   subtracts the burst instead); reported as a fraction of the limit (the relay must drain at

@@ -110,10 +110,16 @@ export interface LimiterConfig {
   burstExplicit: boolean;
   /** Set when SES_RATE_LIMIT=auto. */
   auto?: AutoRateConfig;
-  /** Fraction of the rate kept after a 454 Throttling failure. */
+  /** Repeated 454s (the rate is above SES's): the rate is multiplied by this (AIMD decrease). */
   throttleFactor: number;
-  /** How long the rate takes to recover fully after throttling. */
+  /** The additive increase climbs back by (1 − factor) of the rate over this long. */
   throttleRecoveryMs: number;
+  /** After a 454 the bucket is drained and stays empty this long (SES's refills meanwhile). */
+  throttlePauseMs: number;
+  /** While delivery is paused (daily quota, sending paused): one check per this interval. */
+  quotaProbeIntervalMs: number;
+  /** SES_QUOTA_REFRESH: how often GetAccount is read when the relay reads it (auto, or the API transport). */
+  quotaRefreshMs: number;
   redisUrl?: string;
   limiterId: string;
   heartbeatMs: number;
@@ -381,8 +387,10 @@ const specs = {
   SES_RATE_FALLBACK: positiveNumber({ default: 1 }),
   SES_QUOTA_REFRESH: duration({ default: 5 * 60_000 }),
   SES_BURST: positiveInt({ default: undefined }),
-  SES_THROTTLE_FACTOR: positiveNumber({ default: 0.5 }),
+  SES_THROTTLE_FACTOR: positiveNumber({ default: 0.8 }),
   SES_THROTTLE_RECOVERY: duration({ default: 60_000 }),
+  SES_THROTTLE_PAUSE: duration({ default: 1000 }),
+  SES_QUOTA_PROBE_INTERVAL: duration({ default: 60_000 }),
   REDIS_URL: str({ default: '' }),
   LIMITER_ID: str({ default: 'ses-email-service' }),
   LIMITER_HEARTBEAT: duration({ default: 50 }),
@@ -650,7 +658,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.USE_APIKEY && !e.DYNAMODB_API_KEYS_TABLE) {
     throw new ConfigError('DYNAMODB_API_KEYS_TABLE', 'is required when USE_APIKEY is true');
   }
-  if (e.SES_THROTTLE_FACTOR >= 1) throw new ConfigError('SES_THROTTLE_FACTOR', 'must be below 1 (e.g. 0.5)');
+  if (e.SES_THROTTLE_FACTOR >= 1) throw new ConfigError('SES_THROTTLE_FACTOR', 'must be below 1 (e.g. 0.8)');
+  if (e.SES_THROTTLE_PAUSE > 60_000) throw new ConfigError('SES_THROTTLE_PAUSE', 'must be at most 1m');
+  if (e.SES_QUOTA_PROBE_INTERVAL < 1000)
+    throw new ConfigError(
+      'SES_QUOTA_PROBE_INTERVAL',
+      'must be at least 1s (GetAccount allows one call per second)',
+    );
   if (e.REDIS_URL && !/^rediss?:\/\//.test(e.REDIS_URL)) {
     throw new ConfigError('REDIS_URL', 'must start with redis:// or rediss://');
   }
@@ -710,6 +724,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       auto,
       throttleFactor: e.SES_THROTTLE_FACTOR,
       throttleRecoveryMs: e.SES_THROTTLE_RECOVERY,
+      throttlePauseMs: e.SES_THROTTLE_PAUSE,
+      quotaProbeIntervalMs: e.SES_QUOTA_PROBE_INTERVAL,
+      quotaRefreshMs: Math.max(10_000, e.SES_QUOTA_REFRESH),
       redisUrl: e.REDIS_URL || undefined,
       limiterId: e.LIMITER_ID,
       heartbeatMs: e.LIMITER_HEARTBEAT,

@@ -1,6 +1,6 @@
 /**
  * Builds the relay's parts from a Config and wires their start and stop:
- * ingress (SMTP listener) → spool → dispatcher (policy → limiter → transport), observability beside; the
+ * ingress (SMTP listener) → spool → dispatcher (policy → admission → transport), observability beside; the
  * notifier (delivery status notifications, BOUNCE_FROM) and the queue-action socket on the spool.
  * main.ts calls startRelay(); tests may call it in-process too.
  */
@@ -14,14 +14,13 @@ import { authenticatorChain } from './auth/authenticator-chain';
 import { StaticUserAuthenticator } from './auth/static-users';
 import type { RecipientPolicy } from './policy/policy';
 import { createDynamoPolicy } from './policy/policy-factory';
-import type { RecipientLimiter } from './egress/limiter';
-import { LocalLimiter } from './egress/local-limiter';
-import { RedisLimiter } from './egress/redis-limiter';
-import type { Transport } from './egress/transport';
-import { SesSmtpTransport } from './egress/ses-smtp-transport';
-import { SesApiTransport } from './egress/ses-api-transport';
-import { AutoRate, SesAccount } from './egress/ses-account';
-import { OutboxTransport } from './egress/outbox-transport';
+import type { Transport } from './egress/transport/transport';
+import { SesSmtpTransport } from './egress/transport/ses-smtp-transport';
+import { SesApiTransport } from './egress/transport/ses-api-transport';
+import { AutoRate, SesAccount } from './egress/rate/ses-account';
+import { OutboxTransport } from './egress/transport/outbox-transport';
+import type { RateAdmission } from './egress/rate/admission';
+import { createAdmission } from './egress/rate/admission-factory';
 import { Dispatcher } from './egress/dispatcher';
 import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
@@ -90,10 +89,17 @@ interface RatePlan {
   autoRate?: AutoRate;
 }
 
+/**
+ * GetAccount is read when the relay can call it: for SES_RATE_LIMIT=auto (the rate), and with the API
+ * transport (its IAM identity): then a daily-quota pause ends by reading SendQuota instead of probing
+ * with a real message.
+ */
 async function planRate(config: Config, logger: Logger): Promise<RatePlan> {
   const l = config.limiter;
-  if (!l.auto || !config.egress.region) return { rate: l.rate, burst: l.burst };
-  const account = new SesAccount({ region: config.egress.region, refreshMs: l.auto.refreshMs, logger });
+  const region = config.egress.region;
+  if (!region || (!l.auto && config.egress.transport !== 'api')) return { rate: l.rate, burst: l.burst };
+  const account = new SesAccount({ region, refreshMs: l.auto?.refreshMs ?? l.quotaRefreshMs, logger });
+  if (!l.auto) return { rate: l.rate, burst: l.burst, account };
   const autoRate = new AutoRate(account, l.auto, logger);
   const rate = await autoRate.initialRate();
   // The burst is fixed for the process: one second of the rate SES grants now, unless SES_BURST is set.
@@ -101,25 +107,22 @@ async function planRate(config: Config, logger: Logger): Promise<RatePlan> {
   return { rate, burst, account, autoRate };
 }
 
-async function buildLimiter(config: Config, logger: Logger, plan: RatePlan): Promise<RecipientLimiter> {
+function buildAdmission(config: Config, logger: Logger, plan: RatePlan): Promise<RateAdmission> {
   const l = config.limiter;
-  if (l.redisUrl) {
-    return RedisLimiter.create({
-      redisUrl: l.redisUrl,
-      limiterId: l.limiterId,
-      rate: plan.rate,
-      burst: plan.burst,
-      throttleFactor: l.throttleFactor,
-      throttleRecoveryMs: l.throttleRecoveryMs,
-      heartbeatMs: l.heartbeatMs,
-      logger,
-    });
-  }
-  return new LocalLimiter({
+  return createAdmission({
     rate: plan.rate,
     burst: plan.burst,
     throttleFactor: l.throttleFactor,
     throttleRecoveryMs: l.throttleRecoveryMs,
+    throttlePauseMs: l.throttlePauseMs,
+    quotaProbeIntervalMs: l.quotaProbeIntervalMs,
+    poolSize: config.egress.poolSize,
+    redisUrl: l.redisUrl,
+    limiterId: l.limiterId,
+    heartbeatMs: l.heartbeatMs,
+    stateDir: config.spool.dir,
+    maxQueueAgeMs: config.egress.maxQueueAgeMs,
+    account: plan.account,
     logger,
   });
 }
@@ -229,8 +232,8 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   }
   const { policy, authenticator } = buildPolicy(config, logger);
   const plan = await planRate(config, logger);
-  const limiter = await buildLimiter(config, logger, plan);
-  plan.autoRate?.attach(limiter);
+  const admission = await buildAdmission(config, logger, plan);
+  plan.autoRate?.attach(admission);
   plan.account?.start();
   const transport = withAutoresponderRoutes(
     buildTransport(config, options),
@@ -254,10 +257,9 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
   const dispatcher = new Dispatcher({
     spool,
     transport,
-    limiter,
+    admission,
     policy,
     config: config.egress,
-    burst: plan.burst,
     failOpen: config.policy.failOpen,
     logger,
   });
@@ -274,9 +276,11 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     const checks: ReadinessReport['checks'] = {
       smtp: smtp?.listening ? 'ok' : 'failing',
       spool: writable ? 'ok' : 'failing',
+      // Degraded while delivery is paused: the spool cannot be written, or SES's daily quota is spent
+      // or sending is paused for the account (ses_relay_quota_paused says which).
       delivery: dispatcher.paused ? 'degraded' : 'ok',
       upstream: transport.healthy() ? 'ok' : 'degraded',
-      limiter: limiter.status().available ? 'ok' : 'degraded',
+      limiter: admission.status().available ? 'ok' : 'degraded',
       suppressionList: policy.healthy() ? 'ok' : 'degraded',
       ...(config.autoresponder ? { autoresponder: autoresponder?.listening ? 'ok' : 'degraded' } : {}),
     };
@@ -325,7 +329,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     await transport.close().catch(() => {});
     plan.autoRate?.stop();
     plan.account?.stop();
-    await limiter.stop().catch(() => {});
+    await admission.stop().catch(() => {});
     await policy.close().catch(() => {});
     await spool.close().catch(() => {});
     throw err;
@@ -364,7 +368,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
       plan.autoRate?.stop();
       plan.account?.stop();
-      await limiter.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
+      await admission.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
       await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
       const left = spool.counts();
       await spool.close();

@@ -137,6 +137,8 @@ export type DeferralReason =
   | 'network' // connection refused/reset/timeout
   | 'policy-unavailable' // suppression list could not be consulted
   | 'limiter-unavailable' // shared limiter (Redis) unreachable
+  | 'daily-quota-exceeded' // SES's daily sending quota is spent: all delivery paused, not counted
+  | 'sending-paused' // SES paused or suspended sending for the account: all delivery paused, not counted
   | 'shutdown'; // relay stopping
 
 /** Outcome of one recipient in one attempt, as the spool records it. */

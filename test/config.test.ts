@@ -82,7 +82,30 @@ const bad: Array<[Record<string, string>, string, RegExp?]> = [
   [{ BLOCKLIST_ACTION: 'bounce' }, 'BLOCKLIST_ACTION'],
   [{ REDIS_URL: 'localhost:6379' }, 'REDIS_URL'],
   [{ MAX_QUEUE_AGE: 'forever' }, 'MAX_QUEUE_AGE'],
+  [{ SES_THROTTLE_FACTOR: '1' }, 'SES_THROTTLE_FACTOR'],
+  [{ SES_THROTTLE_PAUSE: 'briefly' }, 'SES_THROTTLE_PAUSE'],
+  [{ SES_THROTTLE_PAUSE: '5m' }, 'SES_THROTTLE_PAUSE', /at most 1m/],
+  [{ SES_QUOTA_PROBE_INTERVAL: '100ms' }, 'SES_QUOTA_PROBE_INTERVAL', /at least 1s/],
+  [{ SES_QUOTA_PROBE_INTERVAL: 'hourly' }, 'SES_QUOTA_PROBE_INTERVAL'],
 ];
+
+test('the throttle reaction and the delivery pause: defaults and settings', () => {
+  const d = loadConfig({}).limiter;
+  assert.deepEqual(
+    [d.throttleFactor, d.throttleRecoveryMs, d.throttlePauseMs, d.quotaProbeIntervalMs],
+    [0.8, 60_000, 1000, 60_000],
+  );
+  const c = loadConfig({
+    SES_THROTTLE_FACTOR: '0.7',
+    SES_THROTTLE_RECOVERY: '2m',
+    SES_THROTTLE_PAUSE: '500ms',
+    SES_QUOTA_PROBE_INTERVAL: '5m',
+  }).limiter;
+  assert.deepEqual(
+    [c.throttleFactor, c.throttleRecoveryMs, c.throttlePauseMs, c.quotaProbeIntervalMs],
+    [0.7, 120_000, 500, 300_000],
+  );
+});
 
 for (const [env, variable, re] of bad) {
   test(`bad setting ${JSON.stringify(env)} names ${variable}`, () => {

@@ -13,8 +13,8 @@ import {
   SES_API_MAX_RAW_BYTES,
   SesApiTransport,
   type SesApiTransportOptions,
-} from '../src/egress/ses-api-transport';
-import type { Transaction } from '../src/egress/transport';
+} from '../src/egress/transport/ses-api-transport';
+import type { Transaction } from '../src/egress/transport/transport';
 import { silentLogger } from '../src/observability/logger';
 import {
   FAKE_API_ERRORS,

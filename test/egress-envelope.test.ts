@@ -10,9 +10,13 @@ import { Readable } from 'node:stream';
 import MimeNode from 'nodemailer/lib/mime-node';
 import nodemailerPackage from 'nodemailer/package.json';
 import { checkAddress } from '../src/ingress/address-syntax';
-import { NODEMAILER_VERSION_CHECKED, envelopeOf, upstreamForm } from '../src/egress/nodemailer-envelope';
-import { SesSmtpTransport } from '../src/egress/ses-smtp-transport';
-import type { Transaction } from '../src/egress/transport';
+import {
+  NODEMAILER_VERSION_CHECKED,
+  envelopeOf,
+  upstreamForm,
+} from '../src/egress/transport/nodemailer-envelope';
+import { SesSmtpTransport } from '../src/egress/transport/ses-smtp-transport';
+import type { Transaction } from '../src/egress/transport/transport';
 import { silentLogger } from '../src/observability/logger';
 import { FAKE_SES_CA, startFakeSes, type FakeSes } from './helpers/fake-ses';
 

@@ -1,44 +1,14 @@
+/**
+ * In-process admission (no REDIS_URL): a saturated backlog drains at >= 95 % of the rate within
+ * rate × W + burst in every window, fractional rates, a restart loop (the bucket starts empty), the
+ * argument contract, the throttle reaction in real time, and stop.
+ */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { LocalLimiter } from '../src/egress/local-limiter';
-import { ThrottleController } from '../src/egress/throttle-controller';
-import { LimiterUnavailableError } from '../src/egress/limiter';
+import { LimiterUnavailableError } from '../src/egress/rate/admission-errors';
+import { localAdmission, saturate, sleep, type Grant } from './helpers/admission';
 import { maxInWindow } from './helpers/windows';
-
-interface Grant {
-  at: number;
-  n: number;
-}
-
-/** Keep `limiter` saturated with acquires of the given weights for `ms`; record every grant. */
-async function saturate(
-  limiter: LocalLimiter,
-  weights: () => number,
-  ms: number,
-): Promise<{ grants: Grant[]; start: number }> {
-  const grants: Grant[] = [];
-  const start = performance.now();
-  const controller = new AbortController();
-  const deadline = start + ms;
-  // A bounded backlog of workers: each loops acquire -> record until the deadline.
-  const workers = Array.from({ length: 8 }, async () => {
-    for (let i = 0; i < 100_000 && performance.now() < deadline; i++) {
-      const n = weights();
-      try {
-        await limiter.acquire(n, controller.signal);
-      } catch {
-        return;
-      }
-      const at = performance.now();
-      if (at < deadline) grants.push({ at, n });
-    }
-  });
-  await new Promise((r) => setTimeout(r, ms));
-  controller.abort();
-  await Promise.all(workers);
-  return { grants, start };
-}
 
 /** Checks the bound (total and every window) and returns the steady drain rate of the backlog. */
 function checkRate(rate: number, burst: number, start: number, grants: Grant[], ms: number) {
@@ -47,7 +17,7 @@ function checkRate(rate: number, burst: number, start: number, grants: Grant[], 
   for (const w of [50, 100, 250, 500, 1000, 2000]) {
     if (w > ms) continue;
     const max = maxInWindow(grants, w);
-    // Tolerance: timestamps are taken when the promise resolves, a few ms after Bottleneck's grant.
+    // Tolerance: timestamps are taken when the promise resolves, a few ms after the grant.
     const bound = burst + (rate * w) / 1000 + Math.max(1, rate * 0.01);
     assert.ok(max <= bound, `window ${w} ms: ${max} recipients > ${bound.toFixed(1)}`);
   }
@@ -59,39 +29,32 @@ function checkRate(rate: number, burst: number, start: number, grants: Grant[], 
   return { achieved: sum / span };
 }
 
-describe('LocalLimiter', () => {
-  // The limiter's refill timer is unref'd (it never keeps the relay alive by itself), and the bucket
-  // starts empty, so a test awaiting a grant needs something that keeps the event loop running.
+async function run(rate: number, burst: number, weights: number[], ms: number) {
+  const admission = await localAdmission({ rate, burst });
+  const start = performance.now();
+  const load = saturate([admission], weights, { concurrency: 8 });
+  await sleep(ms);
+  await load.stop();
+  await admission.stop();
+  return { grants: load.grants.filter((g) => g.at < start + ms), start };
+}
+
+describe('Admission, in-process back end', () => {
+  // Nothing else keeps the event loop running while a test waits for its first tokens.
   const keepAlive = setInterval(() => {}, 1000);
   after(() => clearInterval(keepAlive));
 
   it('drains a backlog at 14/s within the bound and >= 95 % of the rate', async (t) => {
-    const limiter = new LocalLimiter({
-      rate: 14,
-      burst: 14,
-      throttleFactor: 0.5,
-      throttleRecoveryMs: 60_000,
-    });
-    t.after(() => limiter.stop());
     const ms = 4000;
-    const { grants, start } = await saturate(limiter, () => 1, ms);
+    const { grants, start } = await run(14, 14, [1], ms);
     const { achieved } = checkRate(14, 14, start, grants, ms);
     t.diagnostic(`14/s: achieved ${achieved.toFixed(2)}/s (${((achieved / 14) * 100).toFixed(1)} %)`);
     assert.ok(achieved >= 14 * 0.95, `achieved ${achieved}`);
   });
 
   it('drains a backlog at 200/s with mixed weights within the bound and >= 95 %', async (t) => {
-    const limiter = new LocalLimiter({
-      rate: 200,
-      burst: 50,
-      throttleFactor: 0.5,
-      throttleRecoveryMs: 60_000,
-    });
-    t.after(() => limiter.stop());
     const ms = 3000;
-    let i = 0;
-    const weights = [1, 7, 50, 3, 20, 13];
-    const { grants, start } = await saturate(limiter, () => weights[i++ % weights.length], ms);
+    const { grants, start } = await run(200, 50, [1, 7, 50, 3, 20, 13], ms);
     const { achieved } = checkRate(200, 50, start, grants, ms);
     t.diagnostic(`200/s: achieved ${achieved.toFixed(1)}/s (${((achieved / 200) * 100).toFixed(1)} %)`);
     assert.ok(achieved >= 200 * 0.95, `achieved ${achieved}`);
@@ -101,10 +64,8 @@ describe('LocalLimiter', () => {
     );
   });
 
-  it('handles fractional rates (0.5/s)', async (t) => {
-    const limiter = new LocalLimiter({ rate: 0.5, burst: 1, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
-    t.after(() => limiter.stop());
-    const { grants, start } = await saturate(limiter, () => 1, 4300);
+  it('handles fractional rates (0.5/s)', async () => {
+    const { grants, start } = await run(0.5, 1, [1], 4300);
     // Empty at start, then one every 2 s: exactly 2 grants in 4.3 s, the first after 2 s.
     assert.equal(grants.length, 2);
     assert.ok(grants[0].at - start >= 1900, `first after ${grants[0].at - start} ms`);
@@ -112,7 +73,7 @@ describe('LocalLimiter', () => {
   });
 
   it('starts empty: restarted again and again within a second, no 1 s window gets more than rate + burst', async (t) => {
-    // A crash loop: each "process" saturates a fresh limiter for a moment, then dies and the next starts.
+    // A crash loop: each "process" saturates a fresh admission for a moment, then dies and the next starts.
     // With a bucket that started full, every start granted `burst` at once: measured before the fix,
     // 138 recipients in the busiest second against a bound of 40.
     const rate = 20;
@@ -120,11 +81,8 @@ describe('LocalLimiter', () => {
     const grants: Grant[] = [];
     const started = performance.now();
     for (let i = 0; i < 12; i++) {
-      const limiter = new LocalLimiter({ rate, burst, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
       const life = [150, 200, 90, 250][i % 4];
-      const run = await saturate(limiter, () => 1, life);
-      await limiter.stop();
-      grants.push(...run.grants);
+      grants.push(...(await run(rate, burst, [1], life)).grants);
     }
     const elapsed = performance.now() - started;
     const busiest = maxInWindow(grants, 1000);
@@ -136,65 +94,48 @@ describe('LocalLimiter', () => {
     assert.ok(grants.length <= (rate * elapsed) / 1000 + 12, `total ${grants.length}`);
   });
 
-  it('rejects more than the burst at once with a RangeError (no deadlock)', async (t) => {
-    const limiter = new LocalLimiter({ rate: 10, burst: 5, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
-    t.after(() => limiter.stop());
-    await assert.rejects(limiter.acquire(6), RangeError);
-    await assert.rejects(limiter.acquire(1.5), RangeError);
-    await limiter.acquire(5);
-    await limiter.acquire(0);
+  it('refuses more than the burst at once with a RangeError (no deadlock)', async (t) => {
+    const admission = await localAdmission({ rate: 10, burst: 5 });
+    t.after(() => admission.stop());
+    const signal = new AbortController().signal;
+    await assert.rejects(admission.admit(6, signal), RangeError);
+    await assert.rejects(admission.admit(1.5, signal), RangeError);
+    await assert.rejects(admission.admit(0, signal), RangeError);
+    const ticket = await admission.admit(5, signal);
+    await ticket.settle({ delivered: 5 });
   });
 
-  it('slows down after throttled() and recovers gradually', async (t) => {
-    const limiter = new LocalLimiter({
-      rate: 100,
-      burst: 10,
-      throttleFactor: 0.25,
-      throttleRecoveryMs: 1500,
-    });
-    t.after(() => limiter.stop());
-    await saturate(limiter, () => 1, 300); // empty the bucket
-    limiter.throttled();
-    assert.equal(limiter.status().effectiveRate <= 26, true);
-    const slow = await saturate(limiter, () => 1, 500);
-    const slowCount = slow.grants.length;
-    await new Promise((r) => setTimeout(r, 1200));
-    const back = await saturate(limiter, () => 1, 500);
-    t.diagnostic(`after 454: ${slowCount} in 500 ms; recovered: ${back.grants.length} in 500 ms`);
-    assert.ok(slowCount <= 25, `throttled: ${slowCount} grants in 500 ms`);
-    assert.ok(back.grants.length >= 40, `recovered: ${back.grants.length} grants in 500 ms`);
-    assert.equal(limiter.status().effectiveRate, 100);
+  it('an isolated 454 holds the bucket empty briefly, then the full rate; repeated 454s lower the rate', async (t) => {
+    const admission = await localAdmission({ rate: 100, burst: 10, throttlePauseMs: 500 });
+    t.after(() => admission.stop());
+    const signal = new AbortController().signal;
+    await sleep(150);
+    const first = await admission.admit(1, signal);
+    await first.settle({ throttled: 1 });
+    const t0 = performance.now();
+    const next = await admission.admit(1, signal);
+    const held = performance.now() - t0;
+    assert.ok(held >= 480, `admitted ${held.toFixed(0)} ms after the 454 (hold 500 ms)`);
+    assert.equal(admission.status().effectiveRate, 100, 'isolated: the full rate');
+    await next.settle({ throttled: 1 }); // within the hold's debounce: the same event
+    assert.equal(admission.status().effectiveRate, 100);
+    await sleep(1100);
+    const third = await admission.admit(1, signal);
+    await third.settle({ throttled: 1 }); // a second event within 10 s: the rate is too high
+    assert.ok(Math.abs(admission.status().effectiveRate - 80) < 0.5, `${admission.status().effectiveRate}`);
   });
 
-  it('stop() rejects pending acquires; an aborted wait rejects and returns its tokens', async () => {
-    const limiter = new LocalLimiter({ rate: 1, burst: 2, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
-    await limiter.acquire(2);
+  it('stop() rejects pending admissions; an aborted wait rejects and gives its slot back', async () => {
+    const admission = await localAdmission({ rate: 1, burst: 2, poolSize: 1 });
     const ac = new AbortController();
-    const aborted = limiter.acquire(1, ac.signal);
+    const aborted = admission.admit(1, ac.signal);
     ac.abort();
     await assert.rejects(aborted, LimiterUnavailableError);
-    const pending = limiter.acquire(2);
-    await limiter.stop();
+    const pending = admission.admit(2, new AbortController().signal);
+    await sleep(20);
+    await admission.stop();
     await assert.rejects(pending, LimiterUnavailableError);
-    await assert.rejects(limiter.acquire(1), LimiterUnavailableError);
-    assert.equal(limiter.status().available, false);
-  });
-});
-
-describe('ThrottleController', () => {
-  it('compounds, floors and recovers linearly', () => {
-    const c = new ThrottleController({ rate: 100, factor: 0.5, recoveryMs: 1000, compoundAfterMs: 10 });
-    assert.equal(c.effectiveRate(0), 100);
-    assert.equal(c.throttled(0), 50);
-    assert.equal(c.effectiveRate(500), 75);
-    assert.ok(Math.abs(c.throttled(5) - 50.25) < 1e-9, 'within compoundAfterMs: same event, no further cut');
-    let t = 5;
-    for (let i = 0; i < 10; i++) c.throttled((t += 10));
-    assert.equal(c.effectiveRate(t), 5, 'floored at 5 %');
-    assert.equal(c.effectiveRate(t + 1000), 100);
-    assert.equal(c.effectiveRate(t + 5000), 100);
-    // Earned tokens: trapezoid over the ramp, flat afterwards.
-    assert.ok(Math.abs(c.tokensBetween(t, t + 1000) - 52.5) < 1e-9);
-    assert.ok(Math.abs(c.tokensBetween(t + 1000, t + 2000) - 100) < 1e-9);
+    await assert.rejects(admission.admit(1, new AbortController().signal), LimiterUnavailableError);
+    assert.equal(admission.status().available, false);
   });
 });

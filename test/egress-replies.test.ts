@@ -4,7 +4,9 @@ import { Writable } from 'node:stream';
 import { createLogger } from '../src/observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../src/policy/policy';
 import { Dispatcher } from '../src/egress/dispatcher';
-import { LimiterUnavailableError, type RecipientLimiter } from '../src/egress/limiter';
+import { LimiterUnavailableError } from '../src/egress/rate/admission-errors';
+import type { AdmissionBackend } from '../src/egress/rate/backend';
+import { admissionOver } from './helpers/admission';
 import { FAKE_REPLIES } from './helpers/fake-ses';
 import { startEgress, waitUntil, type EgressHarnessOptions } from './helpers/egress-harness';
 
@@ -34,14 +36,16 @@ async function withEgress(options: EgressHarnessOptions, t: { after: (fn: () => 
 }
 
 describe('Dispatcher: upstream replies', () => {
-  it('454 Throttling failure: requeued without counting the attempt, limiter slowed', async (t) => {
-    const { h, waitEvent } = await withEgress({ rate: 100, burst: 10 }, t);
+  it('454 Throttling failure: requeued without counting the attempt, admission reacted', async (t) => {
+    const { h, log, waitEvent } = await withEgress({ rate: 100, burst: 10 }, t);
     h.ses.queueData(FAKE_REPLIES.throttling);
     const id = await h.store(['a@example.com', 'b@example.com']);
     const deferred = await waitEvent(id, 'message:deferred');
     assert.equal(deferred.reason, 'throttled-by-ses');
     assert.equal(deferred.code, 454);
-    assert.ok(h.limiter.status().effectiveRate < 100, 'limiter slowed down');
+    const reaction = log.lines.find((l) => l.event === 'limiter:throttled');
+    assert.equal(reaction?.reaction, 'pause', 'an isolated 454: drain and hold, the rate stays');
+    assert.equal(h.admission.status().effectiveRate, 100);
     const delivered = await waitEvent(id, 'message:delivered');
     assert.equal(delivered.attempts, 1, 'the throttled attempt did not count');
     assert.deepEqual(
@@ -181,20 +185,21 @@ describe('Dispatcher: upstream replies', () => {
   it('an unavailable limiter defers without counting, then delivery resumes', async (t) => {
     const { h, log, waitEvent } = await withEgress({ paused: true }, t);
     let up = false;
-    const limiter: RecipientLimiter = {
-      acquire: async (n, signal) => {
-        if (!up) throw new LimiterUnavailableError('redis unreachable');
-        return h.limiter.acquire(n, signal);
-      },
-      throttled: () => h.limiter.throttled(),
-      setRate: (rate) => h.limiter.setRate(rate),
-      status: () => ({ ...h.limiter.status(), available: up }),
-      stop: async () => {},
-    };
+    // The back end of a shared admission whose Redis is unreachable until `up`.
+    const admission = admissionOver((backend) =>
+      Object.assign(Object.create(backend) as AdmissionBackend, {
+        available: () => up,
+        take: (n: number, id: string, probe: boolean) => {
+          if (!up) return Promise.reject(new LimiterUnavailableError('redis unreachable'));
+          return backend.take(n, id, probe);
+        },
+      }),
+    );
+    t.after(() => admission.stop());
     const dispatcher = new Dispatcher({
       spool: h.spool,
       transport: h.transport,
-      limiter,
+      admission,
       policy: {
         check: async (r) => ({ allowed: r, suppressed: [] }),
         healthy: () => true,
@@ -206,7 +211,6 @@ describe('Dispatcher: upstream replies', () => {
         poolSize: 2,
         maxRecipientsPerTransaction: 50,
       },
-      burst: 50,
       logger: log.logger,
       unavailableRetryMs: 100,
     });

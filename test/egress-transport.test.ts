@@ -5,9 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { Readable } from 'node:stream';
-import { SesSmtpTransport, type SesSmtpTransportOptions } from '../src/egress/ses-smtp-transport';
-import { OutboxTransport } from '../src/egress/outbox-transport';
-import type { Transaction } from '../src/egress/transport';
+import { SesSmtpTransport, type SesSmtpTransportOptions } from '../src/egress/transport/ses-smtp-transport';
+import { OutboxTransport } from '../src/egress/transport/outbox-transport';
+import type { Transaction } from '../src/egress/transport/transport';
 import { silentLogger } from '../src/observability/logger';
 import { FAKE_REPLIES, FAKE_SES_CA, startFakeSes, type FakeSes } from './helpers/fake-ses';
 

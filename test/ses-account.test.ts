@@ -1,16 +1,16 @@
 /**
  * SES_RATE_LIMIT=auto: GetAccount against a local SES v2 endpoint (real SDK), the rate it sets
  * (MaxSendRate × SES_RATE_FRACTION), the loud fallback when the call is denied or fails, a later change of
- * MaxSendRate reaching the limiter through setRate() — local and Redis-shared — and the gauges.
+ * MaxSendRate reaching admission through setRate() — local and Redis-shared — and the gauges.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { AutoRate, SesAccount, sesMaxSendRate } from '../src/egress/ses-account';
-import { LocalLimiter } from '../src/egress/local-limiter';
-import { RedisLimiter } from '../src/egress/redis-limiter';
-import type { RecipientLimiter } from '../src/egress/limiter';
-import { limiterRate } from '../src/egress/limiter-metrics';
+import { AutoRate, SesAccount, sesMaxSendRate } from '../src/egress/rate/ses-account';
+import type { Admission } from '../src/egress/rate/admission';
+import { limiterRate } from '../src/egress/rate/admission-metrics';
+import { createAdmission } from '../src/egress/rate/admission-factory';
+import { localAdmission, settings } from './helpers/admission';
 import { silentLogger, type Logger } from '../src/observability/logger';
 import { FAKE_API_ERRORS, startFakeSesApi, type FakeSesApi } from './helpers/fake-ses-api';
 import { REDIS_MISSING, REDIS_SERVER, startRedisServer } from './helpers/redis-server';
@@ -47,15 +47,16 @@ function account(api: FakeSesApi, logger: Logger = silentLogger, refreshMs = 60_
   });
 }
 
-/** Recipients granted by `limiter` to a saturating backlog of 1-recipient acquires during `ms`. */
-async function granted(limiter: RecipientLimiter, ms: number): Promise<number> {
+/** Recipients admitted by `limiter` to a saturating backlog of 1-recipient transactions during `ms`. */
+async function granted(limiter: Admission, ms: number): Promise<number> {
   const controller = new AbortController();
   const deadline = performance.now() + ms;
   let n = 0;
   const workers = Array.from({ length: 4 }, async () => {
     for (let i = 0; i < 100_000 && performance.now() < deadline; i++) {
       try {
-        await limiter.acquire(1, controller.signal);
+        const ticket = await limiter.admit(1, controller.signal);
+        await ticket.settle({ delivered: 1 });
       } catch {
         return;
       }
@@ -134,13 +135,13 @@ describe('GetAccount and SES_RATE_LIMIT=auto', () => {
     }
   });
 
-  it('a new MaxSendRate reaches the local limiter through setRate (grants follow), the gauge too', async () => {
+  it('a new MaxSendRate reaches in-process admission through setRate (grants follow), the gauge too', async () => {
     const api = await startFakeSesApi({ account: { MaxSendRate: 10 } });
     const { logger, lines } = recordingLogger();
     const acc = account(api, logger);
     const auto = new AutoRate(acc, AUTO, logger);
     const rate = await auto.initialRate();
-    const limiter = new LocalLimiter({ rate, burst: 10, throttleFactor: 0.5, throttleRecoveryMs: 60_000 });
+    const limiter = await localAdmission({ rate, burst: 10 });
     try {
       auto.attach(limiter);
       assert.equal(limiter.status().rate, 10);
@@ -175,7 +176,7 @@ describe('GetAccount and SES_RATE_LIMIT=auto', () => {
   });
 
   it('setRate refuses a rate that is not > 0', async () => {
-    const limiter = new LocalLimiter({ rate: 5, burst: 5, throttleFactor: 0.5, throttleRecoveryMs: 1000 });
+    const limiter = await localAdmission({ rate: 5, burst: 5 });
     try {
       assert.throws(() => limiter.setRate(0), RangeError);
       assert.throws(() => limiter.setRate(Number.NaN), RangeError);
@@ -200,20 +201,14 @@ describe('GetAccount and SES_RATE_LIMIT=auto', () => {
   });
 });
 
-describe('setRate on the Redis-shared limiter', () => {
+describe('setRate on the Redis-shared admission', () => {
   it('every replica runs at the new rate', async (t) => {
     if (!REDIS_SERVER) return t.skip(REDIS_MISSING);
     const redis = await startRedisServer();
     const make = () =>
-      RedisLimiter.create({
-        redisUrl: redis.url,
-        limiterId: 'setrate',
-        rate: 10,
-        burst: 10,
-        throttleFactor: 0.5,
-        throttleRecoveryMs: 60_000,
-        heartbeatMs: 20,
-      });
+      createAdmission(
+        settings({ redisUrl: redis.url, limiterId: 'setrate', rate: 10, burst: 10, heartbeatMs: 20 }),
+      );
     const a = await make();
     const b = await make();
     try {

@@ -6,9 +6,9 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { classifyCode, SesSmtpTransport, signalOf } from '../src/egress/ses-smtp-transport';
-import { prependHeaderUnlessPresent } from '../src/egress/ses-headers';
-import type { Transaction } from '../src/egress/transport';
+import { classifyCode, SesSmtpTransport, signalOf } from '../src/egress/transport/ses-smtp-transport';
+import { prependHeaderUnlessPresent } from '../src/egress/transport/ses-headers';
+import type { Transaction } from '../src/egress/transport/transport';
 import { silentLogger } from '../src/observability/logger';
 import { FAKE_REPLIES, FAKE_SES_CA, startFakeSes, type FakeSes } from './helpers/fake-ses';
 

@@ -7,7 +7,7 @@
 import type { AutoresponderConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import type { MessageId } from '../types';
-import type { RecipientResult, Transaction, Transport } from '../egress/transport';
+import type { RecipientResult, Transaction, Transport } from '../egress/transport/transport';
 import { SmtpUrlTransport } from './smtp-url-transport';
 
 /** The route name `send_method: "SMTP"` replies are stored with. */

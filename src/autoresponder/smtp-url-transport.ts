@@ -9,8 +9,8 @@ import nodemailer, { type Transporter } from 'nodemailer';
 import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger';
-import { classifyCode } from '../egress/ses-smtp-transport';
-import type { RecipientResult, Transaction, Transport } from '../egress/transport';
+import { classifyCode } from '../egress/transport/ses-smtp-transport';
+import type { RecipientResult, Transaction, Transport } from '../egress/transport/transport';
 
 interface SmtpError extends Error {
   code?: string;

@@ -2,7 +2,8 @@
  * From SES's answers to the spool's words: each recipient's classified reply becomes an outcome
  * (`delivered`, `failed`) or a deferral with its reason, and a deferred attempt gets its retry delay —
  * RETRY_SCHEDULE by counted attempts (with a little jitter) for transient replies and network errors, a
- * short uncounted retry for SES throttling, an unavailable policy or limiter, at once after a shutdown.
+ * short uncounted retry for SES throttling, an unavailable policy or limiter, at once after a shutdown or
+ * when delivery paused (daily quota, sending paused: the pause itself holds the mail back).
  * And before any of that, the suppression policy's verdict.
  */
 import type { Logger } from '../observability/logger';
@@ -10,7 +11,7 @@ import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage } from '../spool/spool';
 import type { RecipientOutcome } from '../types';
 import type { Deferral } from './delivery-report';
-import type { RecipientResult } from './transport';
+import type { RecipientResult } from './transport/transport';
 
 export interface RetryPolicy {
   retryScheduleMs: number[];
@@ -18,6 +19,15 @@ export interface RetryPolicy {
   throttleRetryMs: [number, number];
   /** Retry delay when the policy or the limiter is unavailable. */
   unavailableRetryMs: number;
+}
+
+/** Every recipient expired: `age` (paused time not counted) passed MAX_QUEUE_AGE; `wall` is the real age. */
+export function expiredOutcomes(recipients: string[], age: number, wall: number): RecipientOutcome[] {
+  const hours = (ms: number) => (ms / 3600_000).toFixed(1);
+  const paused =
+    wall - age > 0 ? `, ${hours(wall - age)} h more while delivery was paused or the message held` : '';
+  const reply = `expired: not delivered within the maximum queue age (queued ${hours(age)} h${paused})`;
+  return recipients.map((recipient) => ({ recipient, status: 'expired', reply }));
 }
 
 /** Append each result to `outcomes` (final) or `deferrals` (to retry). */
@@ -28,6 +38,12 @@ export function classifyResults(
 ): void {
   for (const r of results) {
     const base = { recipient: r.recipient, reply: r.reply, code: r.code };
+    if (r.signal) {
+      // An account-wide condition: all delivery pauses (rate/delivery-pause.ts); not this message's
+      // attempt to count.
+      deferrals.push({ outcome: { ...base, status: 'deferred' }, reason: r.signal, counted: false });
+      continue;
+    }
     switch (r.class) {
       case 'delivered':
         outcomes.push({ ...base, status: 'delivered' });
@@ -63,6 +79,10 @@ export function retryDelay(
     const s = policy.retryScheduleMs;
     const base = s[Math.min(attempts, s.length - 1)] ?? 60_000;
     return { delay: base + Math.random() * Math.min(base * 0.1, 5000), counted: true };
+  }
+  if (deferrals.some((d) => d.reason === 'daily-quota-exceeded' || d.reason === 'sending-paused')) {
+    // Due at once: the delivery pause holds everything back until SES takes mail again, then all goes.
+    return { delay: 0, counted: false };
   }
   if (deferrals.some((d) => d.reason === 'throttled-by-ses')) {
     const [lo, hi] = policy.throttleRetryMs;

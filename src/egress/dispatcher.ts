@@ -1,17 +1,19 @@
 /**
  * The delivery loop: lease due messages from the spool in small batches, consult the suppression
  * policy, split the allowed recipients into SMTP transactions of at most min(50, burst) recipients,
- * take that many tokens from the recipient limiter, send, classify each recipient's reply and settle
- * the outcome in the spool.
+ * ask admission (rate/admission.ts: connection slot, tokens, the delivery pause) for each, send,
+ * classify each recipient's reply, tell admission what SES answered, and settle the outcome in the spool.
  *
  * - At most `poolSize * 2` messages are in flight (policy lookups overlap with sending) and at most
- *   `poolSize` SMTP transactions; a transaction takes a connection slot before its limiter tokens, so
- *   tokens are spent only when a connection is free to use them at once. The backlog stays on disk.
+ *   `poolSize` SMTP transactions (admission's slots). The backlog stays on disk.
  * - Between batches the loop sleeps until the spool's next due time, a finished delivery, or `wake()`
  *   (the ingress calls it after each store, so new mail leaves at once).
  * - Retries: transient replies and network errors follow RETRY_SCHEDULE (by counted attempts, with a
  *   little jitter); SES throttling (454), an unreachable policy or limiter, and shutdown defer without
- *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires.
+ *   counting the attempt, with a short retry. A message older than MAX_QUEUE_AGE expires (time while
+ *   delivery was paused not counted).
+ * - While SES's daily quota is spent or sending is paused (admission's delivery pause) nothing is leased
+ *   but one probe message when admission says one is due; refusals then are not counted.
  * - Outcomes are durable per SMTP transaction: a message sent in several transactions (more than
  *   min(50, burst) recipients) records each one's final outcomes (`spool.record`) as soon as SES answered
  *   it, and settles the rest after the last, so a crash re-sends at most the transaction in flight.
@@ -19,7 +21,7 @@
  *   written is kept in memory and its write retried with backoff, the message stays leased (never sent
  *   again because of the write error), nothing is leased or sent meanwhile, and delivery resumes by
  *   itself when a write (a retry or a probe) succeeds.
- * - stop(grace): stop leasing, abort limiter waits, let in-flight SMTP transactions finish within grace,
+ * - stop(grace): stop leasing, abort admission waits, let in-flight SMTP transactions finish within grace,
  *   release the rest to the spool (due again at once, or after a restart).
  */
 import type { EgressConfig } from '../config';
@@ -27,26 +29,31 @@ import type { Logger } from '../observability/logger';
 import type { RecipientPolicy } from '../policy/policy';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { DEFAULT_SPOOL_RETRY_MS, OutcomeWriter } from './outcome-writer';
-import { classifyResults, consultPolicy, retryDelay, type RetryPolicy } from './delivery-outcomes';
-import { SendSlots } from './send-slots';
-import type { DeferralReason, RecipientOutcome } from '../types';
-import { LimiterUnavailableError, type RecipientLimiter } from './limiter';
-import type { RecipientResult, Transport } from './transport';
-import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
-import { reportAttempt, type Deferral } from './delivery-report';
-import { UpstreamWindow, type SendTicket, type SendWindow } from './upstream-window';
+import {
+  classifyResults,
+  consultPolicy,
+  expiredOutcomes,
+  retryDelay,
+  type RetryPolicy,
+} from './delivery-outcomes';
+import type { DeferralReason } from '../types';
+import { DeliveryPausedError, LimiterUnavailableError } from './rate/admission-errors';
+import { outcomeCounts, type Admission, type Ticket } from './rate/admission';
+import type { RecipientResult, Transport } from './transport/transport';
+import { sendUpstream } from './upstream-send';
+import { releaseAbandoned, type Attempt, type Task } from './delivery-task';
+import { reportAttempt } from './delivery-report';
 
 export interface DispatcherOptions {
   spool: Spool;
   transport: Transport;
-  limiter: RecipientLimiter;
+  /** Decides when a transaction may go to SES (slot, tokens, window, throttle feedback). */
+  admission: Admission;
   policy: RecipientPolicy;
   config: Pick<
     EgressConfig,
     'retryScheduleMs' | 'maxQueueAgeMs' | 'poolSize' | 'maxRecipientsPerTransaction'
   >;
-  /** Limiter burst: transactions never carry more recipients than this. */
-  burst: number;
   /** Send even when the suppression list cannot be consulted (BLOCKLIST_FAIL_OPEN). */
   failOpen?: boolean;
   logger: Logger;
@@ -61,30 +68,10 @@ export interface DispatcherOptions {
   spoolRetryMs?: [number, number];
 }
 
-interface Task {
-  message: QueuedMessage;
-  promise: Promise<void>;
-  /** Set when stop() gave up waiting: the task must not touch the spool any more. */
-  abandoned: boolean;
-  /** An SMTP transaction of this message is in progress. */
-  sending: boolean;
-  /** Recipients SES accepted whose outcome is not yet durable (said in the log if abandoned). */
-  unrecordedDelivered: number;
-}
-
-/** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */
-interface Attempt {
-  recorded: RecipientOutcome[];
-  outcomes: RecipientOutcome[];
-  deferrals: Deferral[];
-  /** An SMTP transaction was attempted. */
-  attempted: boolean;
-}
-
 export class Dispatcher {
-  private readonly spool: Spool;
-  private readonly transport: Transport;
-  private readonly limiter: RecipientLimiter;
+  readonly spool: Spool;
+  readonly transport: Transport;
+  private readonly admission: Admission;
   readonly policy: RecipientPolicy;
   private readonly config: DispatcherOptions['config'];
   readonly logger: Logger;
@@ -103,16 +90,12 @@ export class Dispatcher {
   private woken = false;
   private abort = new AbortController();
   private idleWaiters: Array<() => void> = [];
-  /** SMTP transaction slots, one per pooled connection. */
-  private readonly slots: SendSlots;
-  /** Recipients that reached SES in the last second + in flight (see upstream-window.ts). */
-  private readonly upstreamWindow: SendWindow;
   private readonly writer: OutcomeWriter;
 
   constructor(options: DispatcherOptions) {
     this.spool = options.spool;
     this.transport = options.transport;
-    this.limiter = options.limiter;
+    this.admission = options.admission;
     this.policy = options.policy;
     this.config = options.config;
     this.logger = options.logger;
@@ -120,10 +103,13 @@ export class Dispatcher {
     this.failOpen = options.failOpen ?? false;
     this.chunkSize = Math.max(
       1,
-      Math.min(options.config.maxRecipientsPerTransaction || 50, 50, Math.floor(options.burst)),
+      Math.min(
+        options.config.maxRecipientsPerTransaction || 50,
+        50,
+        Math.floor(this.admission.status().burst),
+      ),
     );
     this.maxInFlight = Math.max(1, options.config.poolSize * 2);
-    this.slots = new SendSlots(options.config.poolSize);
     this.unavailableRetryMs = options.unavailableRetryMs ?? 5000;
     this.retryPolicy = {
       retryScheduleMs: options.config.retryScheduleMs,
@@ -131,21 +117,18 @@ export class Dispatcher {
       unavailableRetryMs: this.unavailableRetryMs,
     };
     this.maxSleepMs = options.maxSleepMs ?? 5000;
-    const burst = Math.max(1, Math.floor(options.burst));
-    this.upstreamWindow =
-      this.limiter.sendWindow?.() ??
-      new UpstreamWindow({ capacity: () => this.limiter.status().effectiveRate + burst });
     this.writer = new OutcomeWriter(
       this.spool,
       this.logger,
       options.spoolRetryMs ?? DEFAULT_SPOOL_RETRY_MS,
       () => this.wake(),
     );
+    this.admission.onChange(() => this.wake());
   }
 
-  /** Delivery is paused because the spool cannot be written (for /readyz). */
+  /** Delivery is paused: the spool cannot be written, or SES's quota or account pauses it (for /readyz). */
   get paused(): boolean {
-    return this.writer.blocked();
+    return this.writer.blocked() || this.admission.pausedReason() !== undefined;
   }
 
   start(): void {
@@ -207,6 +190,10 @@ export class Dispatcher {
         pauseMs = this.writer.retryMs[0];
         this.writer.wakeAll(); // the spool recovered on its own (a store committed): release the gates
       }
+      if (this.admission.pausedReason()) {
+        await this.whilePaused();
+        continue;
+      }
       const room = this.maxInFlight - this.tasks.size;
       let leased: QueuedMessage[] = [];
       if (room > 0) {
@@ -243,6 +230,31 @@ export class Dispatcher {
     }
   }
 
+  /**
+   * All delivery is paused (daily quota spent, sending paused): lease nothing, except one message when
+   * admission says a probe is due (at most one per SES_QUOTA_PROBE_INTERVAL across replicas).
+   */
+  private async whilePaused(): Promise<void> {
+    const probing = [...this.tasks.values()].some((t) => t.probe);
+    if (!probing && (await this.admission.probe()) === 'send-probe' && this.running) {
+      let leased: QueuedMessage[] = [];
+      try {
+        leased = this.spool.lease(1, this.now());
+      } catch (err) {
+        this.logger.error({ err }, 'dispatcher: cannot lease from the spool');
+      }
+      for (const m of leased) {
+        this.logger.info(
+          { event: 'delivery:probe', queueId: m.id, reason: this.admission.pausedReason() },
+          'delivery paused: sending one message as the probe',
+        );
+        this.begin(m, true);
+      }
+    }
+    this.checkIdle();
+    await this.sleepUntilWoken(Math.min(this.maxSleepMs, 1000));
+  }
+
   private sleepUntilWoken(ms: number): Promise<void> {
     if (this.woken || !this.running) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -257,13 +269,14 @@ export class Dispatcher {
     });
   }
 
-  private begin(message: QueuedMessage): void {
+  private begin(message: QueuedMessage, probe = false): void {
     const task: Task = {
       message,
       promise: Promise.resolve(),
       abandoned: false,
       sending: false,
       unrecordedDelivered: 0,
+      probe,
     };
     this.tasks.set(message.id, task);
     task.promise = this.deliver(task)
@@ -290,15 +303,11 @@ export class Dispatcher {
     const started = this.now();
     const recipients = m.envelope.recipients;
 
-    // Time held by an operator does not count towards MAX_QUEUE_AGE (spool-actions.ts).
-    if (started - m.reception.receivedAt - (m.heldMs ?? 0) > this.config.maxQueueAgeMs) {
-      const ageH = ((started - m.reception.receivedAt) / 3600_000).toFixed(1);
-      const reply = `expired: not delivered within the maximum queue age (queued ${ageH} h)`;
-      const outcomes: RecipientOutcome[] = recipients.map((recipient) => ({
-        recipient,
-        status: 'expired',
-        reply,
-      }));
+    // Neither time while all delivery was paused (daily quota, sending paused) nor time held by an
+    // operator (spool-actions.ts) counts towards MAX_QUEUE_AGE.
+    const age = this.admission.queueAge(m.reception.receivedAt, started) - (m.heldMs ?? 0);
+    if (age > this.config.maxQueueAgeMs) {
+      const outcomes = expiredOutcomes(recipients, age, started - m.reception.receivedAt);
       await this.settle(task, { recorded: [], outcomes, deferrals: [], attempted: false });
       return;
     }
@@ -314,13 +323,7 @@ export class Dispatcher {
       if (go === 'released' || task.abandoned) return;
       if (go === 'stop') break;
       attempt.attempted = true;
-      let results: RecipientResult[];
-      try {
-        results = await this.sendTransaction(task, chunk);
-      } finally {
-        this.upstreamWindow.done(go);
-        this.slots.release();
-      }
+      const results = await this.sendTransaction(task, chunk, go);
       if (task.abandoned) return;
       classifyResults(results, attempt.outcomes, attempt.deferrals);
       const more = i + this.chunkSize < allowed.length;
@@ -352,7 +355,7 @@ export class Dispatcher {
     task: Task,
     attempt: Attempt,
     rest: string[],
-  ): Promise<SendTicket | 'stop' | 'released'> {
+  ): Promise<Ticket | 'stop' | 'released'> {
     const m = task.message;
     const size = Math.min(this.chunkSize, rest.length);
     const untouched = () => !attempt.attempted && attempt.outcomes.length === 0;
@@ -369,20 +372,24 @@ export class Dispatcher {
       }
       return deferRest('shutdown', 'relay shutting down');
     }
-    let slot = false;
     try {
-      // Nothing goes out while an outcome cannot be written. Then a connection slot, then the tokens:
-      // tokens are never spent on a transaction that would then queue inside the pool waiting for a
-      // connection (and reach SES in a bunch).
+      // Nothing goes out while an outcome cannot be written: before admission, and again between the
+      // connection slot and the tokens (the wait for a slot may have been long).
       await this.writer.whenUnblocked(this.abort.signal);
-      await this.slots.acquire(this.abort.signal);
-      slot = true;
-      await this.writer.whenUnblocked(this.abort.signal); // again: the wait for a slot may have been long
-      await this.limiter.acquire(size, this.abort.signal);
-      return await this.upstreamWindow.admit(size, this.abort.signal);
+      return await this.admission.admit(size, this.abort.signal, {
+        probe: task.probe && !attempt.attempted,
+        beforeTokens: () => this.writer.whenUnblocked(this.abort.signal),
+      });
     } catch (err) {
-      if (slot) this.slots.release();
       if (task.abandoned) return 'released';
+      if (err instanceof DeliveryPausedError) {
+        // Nothing sent yet: back to the spool untouched (due at once; the pause holds it back).
+        if (untouched()) {
+          this.spool.release(m.id);
+          return 'released';
+        }
+        return deferRest(err.reason, `delivery paused: ${err.reason}`);
+      }
       const shutdown = !this.running;
       if (shutdown && untouched()) {
         this.spool.release(m.id);
@@ -396,37 +403,21 @@ export class Dispatcher {
     }
   }
 
-  private async sendTransaction(task: Task, recipients: string[]): Promise<RecipientResult[]> {
-    const m = task.message;
+  /** One upstream transaction under `ticket`; the ticket is settled with what SES answered. */
+  private async sendTransaction(
+    task: Task,
+    recipients: string[],
+    ticket: Ticket,
+  ): Promise<RecipientResult[]> {
     task.sending = true;
-    deliveryInFlight.inc();
-    const t0 = process.hrtime.bigint();
     let results: RecipientResult[];
     try {
-      results = await this.transport.send({
-        id: m.id,
-        mailFrom: m.envelope.mailFrom,
-        recipients,
-        body: () => this.spool.openBody(m.id),
-        size: m.size,
-      });
-    } catch (err) {
-      // Transports classify everything; a throw is a bug or an unreadable body: retry later.
-      this.logger.error({ err, queueId: m.id }, 'transport threw');
-      results = recipients.map((recipient) => ({
-        recipient,
-        class: 'transient' as const,
-        code: 0,
-        reply: `transport error: ${(err as Error).message}`,
-      }));
+      results = await sendUpstream(this, task.message, recipients);
     } finally {
       task.sending = false;
-      deliveryInFlight.dec();
     }
-    upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
-    const codes = new Set(results.map((r) => r.code));
-    for (const code of codes) upstreamReplies.inc({ code: String(code) });
-    if (results.some((r) => r.class === 'throttled')) this.limiter.throttled();
+    const refusal = results.find((r) => r.signal)?.reply;
+    await ticket.settle(outcomeCounts(results), refusal);
     return results;
   }
 
@@ -464,7 +455,7 @@ export class Dispatcher {
   }
 
   /**
-   * Stop leasing, abort limiter waits, let SMTP transactions in flight finish within `graceMs`, then
+   * Stop leasing, abort admission waits, let SMTP transactions in flight finish within `graceMs`, then
    * release whatever is still leased (due again at once; after a restart anyway).
    */
   async stop(graceMs: number): Promise<void> {
@@ -486,22 +477,7 @@ export class Dispatcher {
       if (timedOut) {
         for (const t of this.tasks.values()) t.abandoned = true;
         this.writer.wakeAll();
-        for (const t of this.tasks.values()) {
-          try {
-            this.spool.release(t.message.id);
-          } catch {
-            /* spool already closed */
-          }
-          this.logger.warn(
-            {
-              event: 'message:released',
-              queueId: t.message.id,
-              sending: t.sending,
-              unrecordedDelivered: t.unrecordedDelivered,
-            },
-            'shutdown grace exceeded: message released to the spool (it may be sent again: at-least-once)',
-          );
-        }
+        releaseAbandoned(this.spool, this.logger, [...this.tasks.values()]);
         this.tasks.clear();
       }
     }

@@ -2,7 +2,7 @@
  * Which envelope addresses the relay accepts (MAIL FROM and RCPT TO), on top of what smtp-server does.
  *
  * Rule: an accepted address goes upstream byte for byte as accepted (the egress transport hands it to
- * nodemailer as an address object, which it sends unchanged; src/egress/ses-smtp-transport.ts checks
+ * nodemailer as an address object, which it sends unchanged; src/egress/transport/ses-smtp-transport.ts checks
  * that), and is looked up on the suppression list by one canonical key (src/policy/address.ts). So only
  * spellings with one unambiguous meaning are accepted; everything else is refused at MAIL/RCPT with
  * `553 5.1.7` / `553 5.1.3` (REPLIES.badSenderSyntax / badRecipientSyntax), never rewritten.

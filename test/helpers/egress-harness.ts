@@ -1,14 +1,15 @@
 /**
  * The delivery stage wired for tests: a real SqliteSpool in a temp dir, the fake SES over TCP with
- * STARTTLS, the real SesSmtpTransport (nodemailer pool), a LocalLimiter and a Dispatcher.
+ * STARTTLS, the real SesSmtpTransport (nodemailer pool), in-process admission and a Dispatcher.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { Dispatcher } from '../../src/egress/dispatcher';
-import { LocalLimiter } from '../../src/egress/local-limiter';
-import { SesSmtpTransport } from '../../src/egress/ses-smtp-transport';
+import type { RateAdmission } from '../../src/egress/rate/admission';
+import { localAdmission } from './admission';
+import { SesSmtpTransport } from '../../src/egress/transport/ses-smtp-transport';
 import { silentLogger, type Logger } from '../../src/observability/logger';
 import { allowAll, type RecipientPolicy } from '../../src/policy/policy';
 import { SqliteSpool } from '../../src/spool/sqlite-spool';
@@ -22,6 +23,10 @@ export interface EgressHarnessOptions {
   burst?: number;
   throttleFactor?: number;
   throttleRecoveryMs?: number;
+  throttlePauseMs?: number;
+  quotaProbeIntervalMs?: number;
+  /** Where admission keeps its record of delivery pauses (default: in memory). */
+  stateDir?: string;
   poolSize?: number;
   maxMessagesPerConnection?: number;
   maxConnectionAgeMs?: number;
@@ -43,7 +48,7 @@ export interface EgressHarness {
   ses: FakeSes;
   spool: SqliteSpool;
   transport: SesSmtpTransport;
-  limiter: LocalLimiter;
+  admission: RateAdmission;
   dispatcher: Dispatcher;
   /** Store a message (durable) and wake the dispatcher. */
   store(recipients: string[], options?: { body?: string; mailFrom?: string }): Promise<string>;
@@ -85,17 +90,22 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
     tls: { ca: FAKE_SES_CA },
     logger,
   });
-  const limiter = new LocalLimiter({
+  const admission = await localAdmission({
     rate,
     burst,
-    throttleFactor: o.throttleFactor ?? 0.5,
+    throttleFactor: o.throttleFactor ?? 0.8,
     throttleRecoveryMs: o.throttleRecoveryMs ?? 10_000,
+    throttlePauseMs: o.throttlePauseMs ?? 200,
+    quotaProbeIntervalMs: o.quotaProbeIntervalMs ?? 60_000,
+    poolSize,
+    stateDir: o.stateDir,
+    maxQueueAgeMs: o.maxQueueAgeMs ?? 3600_000,
     logger,
   });
   const dispatcher = new Dispatcher({
     spool,
     transport,
-    limiter,
+    admission,
     policy: o.policy ?? allowAll,
     config: {
       retryScheduleMs: o.retryScheduleMs ?? [100, 200],
@@ -103,7 +113,6 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
       poolSize,
       maxRecipientsPerTransaction: o.maxRecipientsPerTransaction ?? 50,
     },
-    burst,
     failOpen: o.failOpen,
     logger,
     throttleRetryMs: o.throttleRetryMs ?? [50, 100],
@@ -117,7 +126,7 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
     ses,
     spool,
     transport,
-    limiter,
+    admission,
     dispatcher,
     async store(recipients, options = {}) {
       const body = options.body ?? messageBody(`m-${Math.random().toString(36).slice(2)}`);
@@ -137,7 +146,7 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
       closed = true;
       await dispatcher.stop(1000);
       await transport.close();
-      await limiter.stop();
+      await admission.stop();
       await spool.close();
       await ses.close();
       fs.rmSync(dir, { recursive: true, force: true });

@@ -1,8 +1,8 @@
 /**
  * What SES says about the account: `GetAccount` (SES API v2) read at start and every SES_QUOTA_REFRESH,
  * its SendQuota (MaxSendRate, Max24HourSend, SentLast24Hours) kept as `latest`, published as gauges and
- * handed to listeners. SesAccount only reads; AutoRate (below) turns MaxSendRate into the limiter's rate
- * for SES_RATE_LIMIT=auto, and the daily-quota pause can listen to the same readings.
+ * handed to listeners. SesAccount only reads; AutoRate (below) turns MaxSendRate into admission's rate
+ * for SES_RATE_LIMIT=auto, and the delivery pause (delivery-pause.ts) reads SendQuota to end a quota pause.
  *
  * GetAccount is one of the SES actions limited to one call per second per account (SES developer guide,
  * "Service quotas": every API action except the Send* actions); a reading every few minutes per replica is
@@ -14,10 +14,15 @@
  */
 import { GetAccountCommand, SESv2Client, type SESv2ClientConfig } from '@aws-sdk/client-sesv2';
 import { Counter, Gauge } from 'prom-client';
-import type { AutoRateConfig } from '../config';
-import type { Logger } from '../observability/logger';
-import { METRIC_PREFIX, registry } from '../observability/metrics';
-import type { RecipientLimiter } from './limiter';
+import type { AutoRateConfig } from '../../config';
+import type { Logger } from '../../observability/logger';
+import { METRIC_PREFIX, registry } from '../../observability/metrics';
+
+/** What AutoRate drives: admission (its rate and burst). */
+export interface RateTarget {
+  setRate(rate: number): void;
+  status(): { rate: number; burst: number };
+}
 
 export const sesMaxSendRate = new Gauge({
   name: `${METRIC_PREFIX}ses_max_send_rate`,
@@ -189,7 +194,7 @@ export class SesAccount {
  * only then), at SES_RATE_FALLBACK, with a warning; a later failed reading keeps the last rate SES gave.
  */
 export class AutoRate {
-  private limiter?: RecipientLimiter;
+  private limiter?: RateTarget;
   private readonly unsubscribe: () => void;
 
   constructor(
@@ -224,7 +229,7 @@ export class AutoRate {
   }
 
   /** From now on, new readings change this limiter's rate. */
-  attach(limiter: RecipientLimiter): void {
+  attach(limiter: RateTarget): void {
     this.limiter = limiter;
     const q = this.account.latest;
     if (q) this.apply(q);

@@ -32,8 +32,8 @@ import {
   type SESv2ClientConfig,
   type SendEmailCommandInput,
 } from '@aws-sdk/client-sesv2';
-import type { Logger } from '../observability/logger';
-import type { ReplyClass } from '../types';
+import type { Logger } from '../../observability/logger';
+import type { ReplyClass } from '../../types';
 import { CONFIGURATION_SET_HEADER, hasHeader, headerSection } from './ses-headers';
 import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 

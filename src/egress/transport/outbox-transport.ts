@@ -10,7 +10,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Logger } from '../observability/logger';
+import type { Logger } from '../../observability/logger';
 import type { RecipientResult, Transaction, Transport } from './transport';
 
 export interface OutboxTransportOptions {

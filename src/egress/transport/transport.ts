@@ -5,7 +5,7 @@
  * throws for an SMTP, API or network outcome: it classifies every recipient.
  */
 import type { Readable } from 'node:stream';
-import type { MessageId, ReplyClass } from '../types';
+import type { MessageId, ReplyClass } from '../../types';
 
 export interface Transaction {
   id: MessageId;

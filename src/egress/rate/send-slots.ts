@@ -1,6 +1,7 @@
 /**
- * The dispatcher's SMTP transaction slots: one per pooled upstream connection. A transaction takes a
- * slot before its limiter tokens, so tokens are spent only when a connection is free to use them at once.
+ * A counting semaphore served in arrival order. Admission uses it for the connection slots (one per
+ * pooled upstream connection: a transaction takes a slot before its tokens, so tokens are spent only when
+ * a connection is free to use them at once) and, with one slot, for the turn of asking for tokens.
  */
 export class SendSlots {
   private free: number;
@@ -12,7 +13,7 @@ export class SendSlots {
 
   /** Wait for a free slot; rejects when `signal` aborts (shutdown). */
   acquire(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(new Error('dispatcher stopping'));
+    if (signal.aborted) return Promise.reject(new Error('stopping'));
     if (this.free > 0) {
       this.free--;
       return Promise.resolve();
@@ -25,7 +26,7 @@ export class SendSlots {
       const onAbort = () => {
         const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
-        reject(new Error('dispatcher stopping'));
+        reject(new Error('stopping'));
       };
       signal.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(waiter);
