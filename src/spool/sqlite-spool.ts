@@ -66,7 +66,6 @@ import {
   type MessageRow,
   type RecipientRow,
   type SpoolStatements,
-  type StateCountRow,
 } from './spool-schema';
 import {
   applyOutcomes,
@@ -75,6 +74,7 @@ import {
   finishAttempt,
   insertMessage,
 } from './spool-outcomes';
+import { SpoolCounters } from './spool-counters';
 import { LeaseTable } from './spool-leases';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
@@ -136,8 +136,6 @@ const PRUNE_CHUNK = 1000;
 /** Bytes the write probe writes and fsyncs in the body directory: about what a small message needs. */
 const PROBE_BYTES = 64 * 1024;
 
-type StateCounts = Record<StoredMessageState, number>;
-
 export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly leases = new LeaseTable();
   private readonly storesInFlight = new Set<Promise<unknown>>();
@@ -145,8 +143,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private closing?: Promise<void>;
   private pruneTimer?: NodeJS.Timeout;
   /** Messages by stored state, and recipients still to be delivered. */
-  private readonly byState: StateCounts = { queued: 0, deferred: 0, held: 0, failed: 0 };
-  private pendingRecipients = 0;
+  private readonly counters = new SpoolCounters();
   private probing?: Promise<boolean>;
 
   private readonly stmt: SpoolStatements;
@@ -219,7 +216,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         );
         if (orphans)
           logger.warn({ removed: orphans }, 'removed orphan body files left by an interrupted store');
-        spool.loadCounters();
+        spool.counters.load(spool.stmt);
         await spool.prune();
       } catch (err) {
         throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
@@ -228,7 +225,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
       }, PRUNE_INTERVAL);
       spool.pruneTimer.unref();
-      logger.info({ dir, ...spool.byState }, 'spool opened');
+      logger.info({ dir, ...spool.counters.byState }, 'spool opened');
       return spool;
     } catch (err) {
       if (db?.open) db.close();
@@ -293,8 +290,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
           return {
             value: undefined,
             onCommit: () => {
-              this.byState.queued += 1;
-              this.pendingRecipients += recipients.length;
+              this.counters.byState.queued += 1;
+              this.counters.pendingRecipients += recipients.length;
             },
           };
         },
@@ -362,8 +359,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
           return {
             value: undefined,
             onCommit: () => {
-              this.byState.queued += members.length;
-              this.pendingRecipients += recipients;
+              this.counters.byState.queued += members.length;
+              this.counters.pendingRecipients += recipients;
             },
           };
         },
@@ -457,7 +454,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       return {
         value: undefined,
         onCommit: () => {
-          this.pendingRecipients += delta;
+          this.counters.pendingRecipients += delta;
           this.warnUnmatched(id, unmatched);
         },
       };
@@ -492,9 +489,9 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       return {
         value: finish.state,
         onCommit: () => {
-          this.byState[row.state] -= 1;
-          if (finish.stored) this.byState[finish.stored] += 1;
-          this.pendingRecipients += delta;
+          this.counters.byState[row.state] -= 1;
+          if (finish.stored) this.counters.byState[finish.stored] += 1;
+          this.counters.pendingRecipients += delta;
           this.warnUnmatched(id, unmatched);
           if (finish.removed && row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
           owedNotification = owed;
@@ -601,9 +598,9 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   private afterAction(fx: ActionEffects): void {
     for (const state of Object.keys(fx.stateDelta) as StoredMessageState[]) {
-      this.byState[state] += fx.stateDelta[state];
+      this.counters.byState[state] += fx.stateDelta[state];
     }
-    this.pendingRecipients += fx.pendingRecipientsDelta;
+    this.counters.pendingRecipients += fx.pendingRecipientsDelta;
     for (const id of fx.removedFiles) void removeQuietly(bodyFilePath(this.bodiesDir, id));
     for (const id of fx.due) this.leases.forgetHold(id);
   }
@@ -612,19 +609,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   counts(): SpoolCounts {
     this.assertOpen();
-    const sending = this.leases.byStoredState();
     const oldest = this.stmt.oldest.pluck().get() as number | null;
-    const { queued, deferred, held, failed } = this.byState;
-    return {
-      pending: queued + deferred + held,
-      queued: queued - sending.queued,
-      sending: this.leases.size,
-      deferred: deferred - sending.deferred,
-      held,
-      failed,
-      pendingRecipients: this.pendingRecipients,
-      oldestReceivedAt: oldest ?? undefined,
-    };
+    return this.counters.counts(this.leases, oldest ?? undefined);
   }
 
   listFailed(limit = 100): FailedMessage[] {
@@ -708,7 +694,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         return {
           value: victims.length,
           onCommit: () => {
-            this.byState.failed -= victims.length;
+            this.counters.byState.failed -= victims.length;
             for (const victim of victims) {
               if (victim.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, victim.id));
             }
@@ -731,14 +717,6 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       if (this.db.open && !this.stmt.bodyInfo.get(id)) await removeQuietly(file);
     } catch {
       // database unusable: leave the file to the orphan cleanup of the next open()
-    }
-  }
-
-  private loadCounters(): void {
-    this.pendingRecipients = 0;
-    for (const row of this.stmt.stateCounts.all() as StateCountRow[]) {
-      this.byState[row.state] = row.messages;
-      if (row.state !== 'failed') this.pendingRecipients += row.recipients;
     }
   }
 
