@@ -45,18 +45,8 @@ import type {
   RecipientOutcome,
   StoredMessageState,
 } from '../types';
-import {
-  bodyFilePath,
-  fsyncDir,
-  probeDirectory,
-  readBody,
-  removeOrphanBodies,
-  removeQuietly,
-  type ReadBody,
-} from './body-files';
+import { bodyFilePath, fsyncDir, probeDirectory, removeOrphanBodies, removeQuietly } from './body-files';
 import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
-import { newQueueId } from './queue-id';
-import { bodyFileMembers, insertGroup, readGroupBodies, type GroupMember } from './spool-group';
 import {
   configureAndMigrate,
   parseReception,
@@ -67,15 +57,11 @@ import {
   type RecipientRow,
   type SpoolStatements,
 } from './spool-schema';
-import {
-  applyOutcomes,
-  deleteMessage,
-  failedMessageOf,
-  finishAttempt,
-  insertMessage,
-} from './spool-outcomes';
+import { applyOutcomes, deleteMessage, failedMessageOf, finishAttempt } from './spool-outcomes';
 import { SpoolCounters } from './spool-counters';
 import { LeaseTable } from './spool-leases';
+import type { SpoolContext } from './spool-context';
+import { storeGroupMessages, storeMessage } from './spool-store';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
   performAction,
@@ -85,9 +71,14 @@ import {
   type QueueAction,
   type QueueActionResult,
 } from './spool-actions';
-import { NotificationLedger, type NotificationPolicy, type PendingNotification } from './spool-notifications';
+import {
+  NotificationLedger,
+  NotificationNotOwedError,
+  type NotificationPolicy,
+  type PendingNotification,
+} from './spool-notifications';
 import { spoolWriteErrors } from './spool-metrics';
-import { isStorageError, WriteHealth } from './write-health';
+import { WriteHealth } from './write-health';
 import {
   SpoolWriteError,
   type FailedMessage,
@@ -118,15 +109,11 @@ export interface SqliteSpoolOptions {
   lockHolder?: string;
 }
 
-/** storeNotification found its owed row gone: the notification was stored already (never twice). */
-export class NotificationNotOwedError extends Error {
-  override name = 'NotificationNotOwedError';
-}
-
 /** How long a queue action waits for attempts in progress on its messages (default). */
 export const ACTION_WAIT_MS = 30_000;
 
 export type { CommitStats } from './group-commit';
+export { NotificationNotOwedError };
 export { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, STATE_COUNTS_SQL } from './spool-schema';
 
 const DEFAULT_INLINE_MAX = 256 * 1024;
@@ -153,6 +140,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly ledger: NotificationLedger;
   private readonly actionStmt: ActionStatements;
   private readonly onNotificationOwed: () => void;
+  private readonly ctx: SpoolContext;
 
   private constructor(
     private readonly db: Database.Database,
@@ -170,6 +158,20 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     this.onNotificationOwed = options.onNotificationOwed ?? (() => {});
     this.writeHealth = new WriteHealth(dir, logger);
     this.committer = new GroupCommitter(db, this.bodiesDir, logger, this.writeHealth);
+    this.ctx = {
+      db,
+      stmt: this.stmt,
+      committer: this.committer,
+      bodiesDir: this.bodiesDir,
+      inlineMax,
+      logger,
+      writeHealth: this.writeHealth,
+      leases: this.leases,
+      ledger: this.ledger,
+      counters: this.counters,
+      isClosed: () => this.closed,
+      notificationOwed: () => this.onNotificationOwed(),
+    };
   }
 
   /**
@@ -234,84 +236,18 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     }
   }
 
-  // ---------------------------------------------------------------- store
+  // ---------------------------------------------------------------- store (spool-store.ts)
 
   store(envelope: Envelope, body: Readable, reception: Omit<Reception, 'receivedAt'>): Promise<MessageId> {
-    const promise = this.storeMessage(envelope, body, reception);
-    this.storesInFlight.add(promise);
-    const forget = (): void => {
-      this.storesInFlight.delete(promise);
-    };
-    promise.then(forget, forget);
-    return promise;
+    return this.tracked(storeMessage(this.ctx, envelope, body, reception));
   }
-
-  private async storeMessage(
-    envelope: Envelope,
-    body: Readable,
-    reception: Omit<Reception, 'receivedAt'>,
-  ): Promise<MessageId> {
-    if (this.closed) {
-      body.resume();
-      throw new SpoolWriteError('spool is closed');
-    }
-    if (envelope.recipients.length === 0) {
-      body.resume();
-      throw new TypeError('an envelope needs at least one recipient');
-    }
-    const id = newQueueId();
-    const bodyFile = bodyFilePath(this.bodiesDir, id);
-    let read: ReadBody;
-    try {
-      read = await readBody(body, { id, bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'body' });
-      if (isStorageError(err)) this.writeHealth.failed(err);
-      this.logger.warn({ queueId: id, err }, 'message body not stored');
-      throw new SpoolWriteError('message body could not be stored', err);
-    }
-    const inFile = read.content === undefined;
-    const receivedAt = Date.now();
-    const receptionJson = JSON.stringify({
-      clientAddress: reception.clientAddress,
-      heloName: reception.heloName,
-      authUser: reception.authUser,
-    });
-    const recipients = [...envelope.recipients];
-    try {
-      await this.committer.run<void>(
-        () => {
-          const dsn = envelope.dsn;
-          insertMessage(
-            this.stmt,
-            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
-            read,
-          );
-          return {
-            value: undefined,
-            onCommit: () => {
-              this.counters.byState.queued += 1;
-              this.counters.pendingRecipients += recipients.length;
-            },
-          };
-        },
-        {
-          syncBodiesDir: inFile,
-          onAbort: inFile ? () => this.removeUncommittedBody(id, bodyFile) : undefined,
-        },
-      );
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'commit' });
-      this.logger.warn({ queueId: id, err }, 'message not committed to spool');
-      throw err instanceof SpoolWriteError ? err : new SpoolWriteError('message could not be committed', err);
-    }
-    return id;
-  }
-
-  // ---------------------------------------------------------------- ordered groups
 
   storeGroup(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
-    const promise = this.storeGroupMessages(messages, inOp);
+    return this.tracked(storeGroupMessages(this.ctx, messages, inOp));
+  }
+
+  /** close() waits for stores in progress. */
+  private tracked<T>(promise: Promise<T>): Promise<T> {
     this.storesInFlight.add(promise);
     const forget = (): void => {
       this.storesInFlight.delete(promise);
@@ -331,58 +267,6 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   /** True when the message was stored after another one (storeGroup) that is still to be delivered. */
   private isBlocked(id: MessageId): boolean {
     return this.stmt.blocked.get(id) !== undefined;
-  }
-
-  /** `inOp` runs first inside the commit's operation; when it throws nothing is stored. */
-  private async storeGroupMessages(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
-    if (this.closed || messages.some((m) => m.envelope.recipients.length === 0)) {
-      for (const m of messages) m.body.destroy();
-      if (this.closed) throw new SpoolWriteError('spool is closed');
-      throw new TypeError('an envelope needs at least one recipient');
-    }
-    let members: GroupMember[];
-    try {
-      members = await readGroupBodies(messages, { bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'body' });
-      if (isStorageError(err)) this.writeHealth.failed(err);
-      this.logger.warn({ err }, 'message group bodies not stored');
-      throw new SpoolWriteError('message body could not be stored', err);
-    }
-    if (members.length === 0) return [];
-    const files = bodyFileMembers(members);
-    try {
-      await this.committer.run<void>(
-        () => {
-          inOp?.();
-          const recipients = insertGroup(this.stmt, members, Date.now());
-          return {
-            value: undefined,
-            onCommit: () => {
-              this.counters.byState.queued += members.length;
-              this.counters.pendingRecipients += recipients;
-            },
-          };
-        },
-        {
-          syncBodiesDir: files.length > 0,
-          onAbort: files.length
-            ? async () => {
-                for (const m of files)
-                  await this.removeUncommittedBody(m.id, bodyFilePath(this.bodiesDir, m.id));
-              }
-            : undefined,
-        },
-      );
-    } catch (err) {
-      if (err instanceof NotificationNotOwedError) throw err;
-      spoolWriteErrors.inc({ stage: 'commit' });
-      this.logger.warn({ queueIds: members.map((m) => m.id), err }, 'message group not committed to spool');
-      throw err instanceof SpoolWriteError
-        ? err
-        : new SpoolWriteError('message group could not be committed', err);
-    }
-    return members.map((m) => m.id);
   }
 
   // ---------------------------------------------------------------- delivery side
@@ -706,18 +590,6 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     }
     if (removed > 0) this.logger.info({ removed }, 'pruned failed messages past retention');
     return removed;
-  }
-
-  /**
-   * After a failed commit, remove the body file unless the row exists after all (a COMMIT that
-   * reported an error may still have reached the disk); when in doubt keep it: open() cleans up.
-   */
-  private async removeUncommittedBody(id: MessageId, file: string): Promise<void> {
-    try {
-      if (this.db.open && !this.stmt.bodyInfo.get(id)) await removeQuietly(file);
-    } catch {
-      // database unusable: leave the file to the orphan cleanup of the next open()
-    }
   }
 
   private assertOpen(): void {
