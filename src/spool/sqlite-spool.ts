@@ -30,10 +30,9 @@
  * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
  *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
  */
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import type { Logger } from '../observability/logger';
 import { silentLogger } from '../observability/logger';
@@ -46,10 +45,9 @@ import type {
   StoredMessageState,
 } from '../types';
 import { bodyFilePath, fsyncDir, probeDirectory, removeOrphanBodies, removeQuietly } from './body-files';
-import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
+import { GroupCommitter, type CommitStats } from './group-commit';
 import {
   configureAndMigrate,
-  parseReception,
   prepareStatements,
   SCHEMA_VERSION,
   SpoolSchemaError,
@@ -57,11 +55,20 @@ import {
   type RecipientRow,
   type SpoolStatements,
 } from './spool-schema';
-import { applyOutcomes, deleteMessage, failedMessageOf, finishAttempt } from './spool-outcomes';
+import { deleteMessage, failedMessageOf } from './spool-outcomes';
 import { SpoolCounters } from './spool-counters';
 import { LeaseTable } from './spool-leases';
 import type { SpoolContext } from './spool-context';
 import { storeGroupMessages, storeMessage } from './spool-store';
+import {
+  earliestDueAt,
+  leaseDue,
+  openStoredBody,
+  recordOutcomes,
+  releaseLease,
+  settleAttempt,
+} from './spool-delivery';
+import { storedRoute } from './spool-group';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
   performAction,
@@ -77,7 +84,6 @@ import {
   type NotificationPolicy,
   type PendingNotification,
 } from './spool-notifications';
-import { spoolWriteErrors } from './spool-metrics';
 import { WriteHealth } from './write-health';
 import {
   SpoolWriteError,
@@ -258,172 +264,36 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   routeOf(id: MessageId): string | undefined {
     this.assertOpen();
-    const json = this.stmt.receptionOf.pluck().get(id) as string | undefined;
-    if (json === undefined) return undefined;
-    const route = (JSON.parse(json) as { route?: unknown }).route;
-    return typeof route === 'string' ? route : undefined;
+    return storedRoute(this.stmt, id);
   }
 
-  /** True when the message was stored after another one (storeGroup) that is still to be delivered. */
-  private isBlocked(id: MessageId): boolean {
-    return this.stmt.blocked.get(id) !== undefined;
-  }
-
-  // ---------------------------------------------------------------- delivery side
+  // ---------------------------------------------------------------- delivery side (spool-delivery.ts)
 
   lease(max: number, now: number = Date.now()): QueuedMessage[] {
     this.assertOpen();
-    const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
-    if (max <= 0) return leased;
-    for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (!this.leases.leasable(row.id, now) || this.isBlocked(row.id)) continue;
-      const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
-      if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
-      leased.push({
-        id: row.id,
-        envelope: { mailFrom: row.mail_from, recipients },
-        reception: parseReception(row),
-        size: row.size,
-        attempts: row.attempts,
-        dueAt: row.due_at,
-        heldMs: row.held_ms,
-        state: row.state,
-      });
-      if (leased.length >= max) break;
-    }
-    return leased.map(({ state, ...message }) => {
-      this.leases.take(message.id, state);
-      return message;
-    });
+    return leaseDue(this.ctx, max, now);
   }
 
   nextDueAt(): number | undefined {
     this.assertOpen();
-    const next = this.leases.earliestHold();
-    for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (this.leases.has(row.id) || this.leases.heldBack(row.id) || this.isBlocked(row.id)) continue;
-      return next === undefined ? row.due_at : Math.min(next, row.due_at);
-    }
-    return next;
+    return earliestDueAt(this.ctx);
   }
 
   openBody(id: MessageId): Readable {
     this.assertOpen();
-    const row = this.stmt.bodyInfo.get(id) as { body_in_file: number } | undefined;
-    if (!row) throw new Error(`spool has no message ${id}`);
-    if (row.body_in_file) return fs.createReadStream(bodyFilePath(this.bodiesDir, id));
-    const data = this.stmt.body.pluck().get(id) as Buffer | undefined;
-    if (!data) throw new Error(`spool has no body for message ${id}`);
-    return Readable.from([data], { objectMode: false });
+    return openStoredBody(this.ctx, id);
   }
 
-  async record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void> {
-    if (outcomes.some((o) => o.status === 'deferred')) {
-      throw new TypeError('record: only final outcomes (delivered, failed, suppressed, expired)');
-    }
-    if (outcomes.length === 0) return;
-    await this.write(id, () => {
-      const row = this.stmt.message.get(id) as MessageRow | undefined;
-      if (!row || row.state === 'failed') {
-        if (this.leases.isUncertain(id)) return { value: undefined }; // the failed write did commit
-        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
-      }
-      const before = this.ledger.before(row);
-      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
-      if (stillPending === 0) throw new TypeError('record: it would finish the message; use settle');
-      this.stmt.setPendingRecipients.run(stillPending, id);
-      // Composed once the attempt is settled (the settlement may add recipients to the same notification).
-      this.ledger.onOutcomes(row, before, outcomes, Date.now());
-      const delta = stillPending - row.pending_recipients;
-      return {
-        value: undefined,
-        onCommit: () => {
-          this.counters.pendingRecipients += delta;
-          this.warnUnmatched(id, unmatched);
-        },
-      };
-    });
+  record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void> {
+    return recordOutcomes(this.ctx, id, outcomes);
   }
 
-  async settle(
-    id: MessageId,
-    outcomes: RecipientOutcome[],
-    options: SettleOptions = {},
-  ): Promise<MessageState> {
-    const now = Date.now();
-    if (outcomes.some((o) => o.status === 'deferred') && options.retryAt === undefined) {
-      this.leases.end(id);
-      throw new TypeError('settle: retryAt is required when a recipient is deferred');
-    }
-    let owedNotification = false;
-    const state = await this.write<MessageState>(id, () => {
-      const row = this.stmt.message.get(id) as MessageRow | undefined;
-      if (!row || row.state === 'failed') {
-        // A failed write of this settlement may have committed after all: then this retry is done.
-        if (this.leases.isUncertain(id)) return { value: row ? 'failed' : 'delivered' };
-        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
-      }
-      const before = this.ledger.before(row);
-      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
-      // Owed before finishAttempt: a delivered message's row (and inline body) is deleted there.
-      let owed = this.ledger.onOutcomes(row, before, outcomes, now);
-      const finish = finishAttempt(this.stmt, row, outcomes, stillPending, { ...options, now });
-      if (finish.state === 'deferred') owed = this.ledger.onDeferred(row, before, now) || owed;
-      const delta = stillPending - row.pending_recipients;
-      return {
-        value: finish.state,
-        onCommit: () => {
-          this.counters.byState[row.state] -= 1;
-          if (finish.stored) this.counters.byState[finish.stored] += 1;
-          this.counters.pendingRecipients += delta;
-          this.warnUnmatched(id, unmatched);
-          if (finish.removed && row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
-          owedNotification = owed;
-        },
-      };
-    });
-    this.leases.end(id);
-    // After the lease ended: the notifier composes only notifications of messages not being delivered.
-    if (owedNotification) this.onNotificationOwed();
-    return state;
-  }
-
-  /**
-   * One record/settle write. A storage failure keeps the lease (the caller retries; the message stays out
-   * of circulation); any other failure ends it (the caller's mistake, or the message is gone).
-   */
-  private async write<T>(id: MessageId, apply: () => OpResult<T>): Promise<T> {
-    try {
-      const value = await this.committer.run<T>(apply);
-      this.leases.settled(id);
-      return value;
-    } catch (err) {
-      if (err instanceof SpoolWriteError && !this.closed) {
-        this.leases.markUncertain(id);
-        spoolWriteErrors.inc({ stage: 'settle' });
-        throw err;
-      }
-      this.leases.end(id);
-      throw err;
-    }
+  settle(id: MessageId, outcomes: RecipientOutcome[], options: SettleOptions = {}): Promise<MessageState> {
+    return settleAttempt(this.ctx, id, outcomes, options);
   }
 
   release(id: MessageId, dueAt?: number): void {
-    if (!this.leases.has(id)) return;
-    // In memory first: the message stays out of circulation until dueAt even if the row cannot be written.
-    this.leases.release(id, dueAt);
-    if (dueAt === undefined || this.closed) return;
-    // Not worth a durable commit: after a restart everything unfinished is due anyway.
-    try {
-      this.stmt.setDue.run(dueAt, id);
-    } catch (err) {
-      this.logger.warn({ queueId: id, err }, 'could not reschedule released message');
-    }
-  }
-
-  private warnUnmatched(id: MessageId, unmatched: string[]): void {
-    if (unmatched.length === 0 || this.leases.isUncertain(id)) return;
-    this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not waiting');
+    releaseLease(this.ctx, id, dueAt);
   }
 
   // ---------------------------------------------------------------- notifications and queue actions
