@@ -44,7 +44,7 @@ import type {
   RecipientOutcome,
   StoredMessageState,
 } from '../types';
-import { bodyFilePath, fsyncDir, probeDirectory, removeOrphanBodies, removeQuietly } from './body-files';
+import { bodyFilePath, fsyncDir, removeQuietly } from './body-files';
 import { GroupCommitter, type CommitStats } from './group-commit';
 import {
   configureAndMigrate,
@@ -55,7 +55,7 @@ import {
   type RecipientRow,
   type SpoolStatements,
 } from './spool-schema';
-import { deleteMessage, failedMessageOf } from './spool-outcomes';
+import { failedMessageOf } from './spool-outcomes';
 import { SpoolCounters } from './spool-counters';
 import { LeaseTable } from './spool-leases';
 import type { SpoolContext } from './spool-context';
@@ -69,6 +69,7 @@ import {
   settleAttempt,
 } from './spool-delivery';
 import { storedRoute } from './spool-group';
+import { probeWrites, pruneFailed, recoverAtOpen } from './spool-maintenance';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
   performAction,
@@ -125,9 +126,6 @@ export { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, STATE_COUNTS_SQL } from './spool-s
 const DEFAULT_INLINE_MAX = 256 * 1024;
 const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
 const PRUNE_INTERVAL = 3600_000;
-const PRUNE_CHUNK = 1000;
-/** Bytes the write probe writes and fsyncs in the body directory: about what a small message needs. */
-const PROBE_BYTES = 64 * 1024;
 
 export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly leases = new LeaseTable();
@@ -150,11 +148,11 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   private constructor(
     private readonly db: Database.Database,
-    private readonly dir: string,
+    dir: string,
     private readonly lock: SpoolLock,
     private readonly failedRetentionMs: number,
-    private readonly inlineMax: number,
-    private readonly logger: Logger,
+    inlineMax: number,
+    logger: Logger,
     options: SqliteSpoolOptions,
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
@@ -216,19 +214,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         logger,
         options,
       );
-      try {
-        // Only under the lock: another relay's uncommitted body files would look orphaned.
-        const orphans = await removeOrphanBodies(
-          bodiesDir,
-          (id) => spool.stmt.bodyInfo.get(id) !== undefined,
-        );
-        if (orphans)
-          logger.warn({ removed: orphans }, 'removed orphan body files left by an interrupted store');
-        spool.counters.load(spool.stmt);
-        await spool.prune();
-      } catch (err) {
-        throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
-      }
+      // Only under the lock: another relay's uncommitted body files would look orphaned.
+      await recoverAtOpen(spool.ctx, spool.failedRetentionMs);
       spool.pruneTimer = setInterval(() => {
         spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
       }, PRUNE_INTERVAL);
@@ -383,34 +370,14 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   }
 
   /**
-   * Probe with real durable writes: a file of PROBE_BYTES written and fsynced in the body directory, and
-   * a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
+   * Probe with real durable writes (spool-maintenance.ts): a file written and fsynced in the body directory,
+   * and a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
    */
   isWritable(): Promise<boolean> {
     if (this.closed) return Promise.resolve(false);
     // Concurrent callers (/readyz, the dispatcher) share one probe.
-    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    this.probing ??= probeWrites(this.ctx).finally(() => (this.probing = undefined));
     return this.probing;
-  }
-
-  private async probe(): Promise<boolean> {
-    try {
-      await probeDirectory(this.bodiesDir, PROBE_BYTES);
-    } catch (err) {
-      this.writeHealth.failed(err);
-      this.logger.warn({ err }, 'spool directory is not writable');
-      return false;
-    }
-    try {
-      await this.committer.run(() => {
-        this.stmt.probe.run(String(Date.now()));
-        return { value: undefined };
-      });
-    } catch {
-      return false; // the committer marked the spool unwritable
-    }
-    this.writeHealth.succeeded();
-    return true;
   }
 
   close(): Promise<void> {
@@ -428,38 +395,11 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     this.lock.release();
   }
 
-  // ---------------------------------------------------------------- maintenance
+  // ---------------------------------------------------------------- maintenance (spool-maintenance.ts)
 
   /** Remove failed messages older than the retention time. */
-  async prune(now: number = Date.now()): Promise<number> {
-    const cutoff = now - this.failedRetentionMs;
-    let removed = 0;
-    for (;;) {
-      const count = await this.committer.run<number>(() => {
-        const victims = this.stmt.expiredFailed.all({
-          cutoff,
-          stale: cutoff - this.failedRetentionMs,
-          limit: PRUNE_CHUNK,
-        }) as Array<{
-          id: string;
-          body_in_file: number;
-        }>;
-        for (const victim of victims) deleteMessage(this.stmt, victim.id);
-        return {
-          value: victims.length,
-          onCommit: () => {
-            this.counters.byState.failed -= victims.length;
-            for (const victim of victims) {
-              if (victim.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, victim.id));
-            }
-          },
-        };
-      });
-      removed += count;
-      if (count < PRUNE_CHUNK) break;
-    }
-    if (removed > 0) this.logger.info({ removed }, 'pruned failed messages past retention');
-    return removed;
+  prune(now: number = Date.now()): Promise<number> {
+    return pruneFailed(this.ctx, this.failedRetentionMs, now);
   }
 
   private assertOpen(): void {
