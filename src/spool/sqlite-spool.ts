@@ -1,10 +1,19 @@
 /**
- * SqliteSpool: the durable spool on one SQLite database plus a directory of large bodies.
+ * SqliteSpool: the durable spool on one SQLite database plus a directory of large bodies. This file is the
+ * class (the one implementing `Spool` of spool.ts), opening and closing; the work is done in files named
+ * for it, each handed the shared parts (spool-context.ts):
+ * - spool-store.ts: `store`, `storeGroup` (reading bodies, the commit, removing body files on abort);
+ * - spool-delivery.ts: `lease`, `nextDueAt`, `openBody`, `record`, `settle`, `release`;
+ * - spool-maintenance.ts: recovery at open (orphan body files, counters), `prune`, the write probe;
+ * - spool-actions.ts: queue actions (`act`); spool-notifications.ts: the ledger of owed notifications;
+ * - spool-schema.ts (tables, statements, migrations), spool-outcomes.ts (the rows of a message and its
+ *   outcomes), spool-group.ts (ordered groups), spool-leases.ts (what lives in memory only),
+ *   spool-counters.ts (counts by state), group-commit.ts, write-health.ts, body-files.ts, spool-lock.ts.
  *
  * Why this design:
- * - One better-sqlite3 database `<dir>/spool.db` in WAL mode with `synchronous=FULL`: a committed
- *   transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite gives
- *   atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
+ * - One better-sqlite3 database `<dir>/spool.db` in WAL mode with `synchronous=FULL` (spool-schema.ts): a
+ *   committed transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite
+ *   gives atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
  *   backlog costs disk, not memory: the process keeps only the leases and a few counters.
  * - One process per spool: `<dir>/spool.lock` is held with flock for as long as the spool is open
  *   (spool-lock.ts); a second relay on the same SPOOL_DIR refuses to start.
@@ -14,19 +23,22 @@
  * - Bodies up to `inlineBodyMaxBytes` (256 KiB) are kept in memory and inserted as a BLOB in the same
  *   transaction. Larger ones are streamed to `bodies/<id>.tmp` as they arrive (never buffered whole),
  *   fsynced, renamed to `<id>.eml`; the directory is fsynced once per batch before the COMMIT that
- *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
- *   no row, which `open()` removes (as it removes `.tmp` leftovers).
+ *   creates their rows, so a committed row always has its file (body-files.ts writes it, spool-store.ts
+ *   asks group-commit.ts to fsync the directory). A crash in between leaves a file with no row, which
+ *   `open()` removes (as it removes `.tmp` leftovers; spool-maintenance.ts).
  * - Ordered groups (`storeGroup`, the autoresponder's replies to one request, spool-group.ts): all
- *   messages of a group are inserted by ONE operation of one group commit, each linked to its predecessor
- *   by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be delivered.
+ *   messages of a group are inserted by ONE operation of one group commit (spool-store.ts), each linked to
+ *   its predecessor by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be
+ *   delivered (spool-delivery.ts).
  * - Delivery status notifications (spool-notifications.ts): the outcome that makes one owed writes its row
- *   in the same transaction; `storeNotification` stores the composed notification and deletes the row in
- *   one transaction, so a crash can neither lose one nor store it twice.
+ *   in the same transaction (spool-delivery.ts, spool-actions.ts); `storeNotification` stores the composed
+ *   notification and deletes the row in one transaction, so a crash can neither lose one nor store it twice.
  * - Queue actions (`act`, spool-actions.ts): pin the messages (never leased meanwhile), wait for an attempt
  *   in progress to end, then change all of them in one transaction.
- * - Leases live in memory: after a restart every unfinished message is due again (at-least-once). A
- *   record or settle whose write fails keeps its lease (and the message out of circulation) until it is
- *   retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when it cannot write it.
+ * - Leases live in memory (spool-leases.ts): after a restart every unfinished message is due again
+ *   (at-least-once). A record or settle whose write fails keeps its lease (and the message out of
+ *   circulation) until it is retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when
+ *   it cannot write it (spool-delivery.ts).
  * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
  *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
  */
