@@ -10,6 +10,9 @@
  *   the spool unwritable (write-health.ts); a batch that commits without one marks it writable again.
  *   Other errors (the operation's own checks) reject as they are and say nothing about the disk.
  * - A rejected operation left nothing in the database; `onAbort` undoes what it did outside (a body file).
+ * The operations are SqliteSpool's: stores (spool-store.ts, the ones with `syncBodiesDir` and `onAbort`),
+ * records and settlements (spool-delivery.ts), queue actions (spool-actions.ts), prunes and the write probe
+ * (spool-maintenance.ts).
  */
 import { performance } from 'node:perf_hooks';
 import type Database from 'better-sqlite3';

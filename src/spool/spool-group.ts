@@ -3,7 +3,9 @@
  * a group of one): every message is inserted as `store` would insert it, its reception JSON also carrying
  * the message's route and, for a notification, its type and the message it reports on, and each
  * message after the first is linked to its predecessor by `after_id`. The insert runs inside ONE operation
- * of a group commit, so a group is all or nothing.
+ * of a group commit, so a group is all or nothing (spool-store.ts). The order rule: `lease` and `nextDueAt`
+ * (spool-delivery.ts) skip a message whose predecessor is still to be delivered (`isBlocked`); the link is
+ * stored with the message, so a restart keeps it.
  */
 import type { MessageId } from '../types';
 import { bodyFilePath, readBody, removeQuietly, type ReadBody } from './body-files';
@@ -70,4 +72,17 @@ export function insertGroup(stmt: SpoolStatements, members: GroupMember[], recei
     if (i > 0) stmt.setAfter.run(members[i - 1].id, id);
   });
   return recipientCount;
+}
+
+/** True when the message was stored after another one (storeGroup) that is still to be delivered. */
+export function isBlocked(stmt: SpoolStatements, id: MessageId): boolean {
+  return stmt.blocked.get(id) !== undefined;
+}
+
+/** The route stored with a message by `storeGroup`, or undefined. */
+export function storedRoute(stmt: SpoolStatements, id: MessageId): string | undefined {
+  const json = stmt.receptionOf.pluck().get(id) as string | undefined;
+  if (json === undefined) return undefined;
+  const route = (JSON.parse(json) as { route?: unknown }).route;
+  return typeof route === 'string' ? route : undefined;
 }

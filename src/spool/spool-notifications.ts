@@ -27,6 +27,11 @@ import type { DsnReturn, MessageId, NotificationType, RecipientOutcome, Recipien
 import { bodyFilePath } from './body-files';
 import type { MessageRow, RecipientDsnRow } from './spool-schema';
 
+/** storeNotification found its owed row gone: the notification was stored already (never twice). */
+export class NotificationNotOwedError extends Error {
+  override name = 'NotificationNotOwedError';
+}
+
 /** When notifications are owed (undefined in SqliteSpoolOptions: never; BOUNCE_FROM unset). */
 export interface NotificationPolicy {
   /** The notifications' envelope sender (BOUNCE_FROM): mail from it is never answered. */

@@ -1,6 +1,6 @@
 /**
  * Writing a message and its delivery outcomes into the spool's rows, inside a group-commit operation:
- * the SQL half of `SqliteSpool.store`, `record` and `settle`. Pure database work, re-runnable (group-commit.ts replays
+ * the SQL half of `SqliteSpool.store` (spool-store.ts), `record` and `settle` (spool-delivery.ts). Pure database work, re-runnable (group-commit.ts replays
  * a batch with savepoints when one operation fails); the callers do the in-memory bookkeeping on commit.
  */
 import type { EnvelopeDsn, MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';

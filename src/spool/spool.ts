@@ -2,7 +2,11 @@
  * The spool: durable storage of accepted messages, behind a small interface so the delivery stage
  * never touches the storage engine (KumoMTA's spool trait, BullMQ's backend interface).
  *
- * Contract (the durability rules; sqlite-spool.ts and group-commit.ts implement them):
+ * Contract (the durability rules). SqliteSpool (sqlite-spool.ts) implements them with group-commit.ts
+ * (every write one transaction, resolved only after its COMMIT); each rule's code lives in the file named
+ * after it: `store`/`storeGroup` in spool-store.ts, `lease`/`record`/`settle`/`release` in spool-delivery.ts
+ * (leases in spool-leases.ts), `health`/`isWritable` in write-health.ts and spool-maintenance.ts, ordered
+ * groups in spool-group.ts, notifications in spool-notifications.ts, queue actions in spool-actions.ts.
  * - `store` resolves only once the envelope and body are durable (fsync). Many concurrent stores may
  *   share one fsync (group commit). On failure it rejects with SpoolWriteError and nothing half-written
  *   survives.

@@ -1,10 +1,19 @@
 /**
- * SqliteSpool: the durable spool on one SQLite database plus a directory of large bodies.
+ * SqliteSpool: the durable spool on one SQLite database plus a directory of large bodies. This file is the
+ * class (the one implementing `Spool` of spool.ts), opening and closing; the work is done in files named
+ * for it, each handed the shared parts (spool-context.ts):
+ * - spool-store.ts: `store`, `storeGroup` (reading bodies, the commit, removing body files on abort);
+ * - spool-delivery.ts: `lease`, `nextDueAt`, `openBody`, `record`, `settle`, `release`;
+ * - spool-maintenance.ts: recovery at open (orphan body files, counters), `prune`, the write probe;
+ * - spool-actions.ts: queue actions (`act`); spool-notifications.ts: the ledger of owed notifications;
+ * - spool-schema.ts (tables, statements, migrations), spool-outcomes.ts (the rows of a message and its
+ *   outcomes), spool-group.ts (ordered groups), spool-leases.ts (what lives in memory only),
+ *   spool-counters.ts (counts by state), group-commit.ts, write-health.ts, body-files.ts, spool-lock.ts.
  *
  * Why this design:
- * - One better-sqlite3 database `<dir>/spool.db` in WAL mode with `synchronous=FULL`: a committed
- *   transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite gives
- *   atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
+ * - One better-sqlite3 database `<dir>/spool.db` in WAL mode with `synchronous=FULL` (spool-schema.ts): a
+ *   committed transaction has been fsynced to the WAL, so "250 OK only after fsync" is one COMMIT. SQLite
+ *   gives atomic multi-row updates (message + recipients + body) and indexed queries, so a 100 000-message
  *   backlog costs disk, not memory: the process keeps only the leases and a few counters.
  * - One process per spool: `<dir>/spool.lock` is held with flock for as long as the spool is open
  *   (spool-lock.ts); a second relay on the same SPOOL_DIR refuses to start.
@@ -14,26 +23,28 @@
  * - Bodies up to `inlineBodyMaxBytes` (256 KiB) are kept in memory and inserted as a BLOB in the same
  *   transaction. Larger ones are streamed to `bodies/<id>.tmp` as they arrive (never buffered whole),
  *   fsynced, renamed to `<id>.eml`; the directory is fsynced once per batch before the COMMIT that
- *   creates their rows, so a committed row always has its file. A crash in between leaves a file with
- *   no row, which `open()` removes (as it removes `.tmp` leftovers).
+ *   creates their rows, so a committed row always has its file (body-files.ts writes it, spool-store.ts
+ *   asks group-commit.ts to fsync the directory). A crash in between leaves a file with no row, which
+ *   `open()` removes (as it removes `.tmp` leftovers; spool-maintenance.ts).
  * - Ordered groups (`storeGroup`, the autoresponder's replies to one request, spool-group.ts): all
- *   messages of a group are inserted by ONE operation of one group commit, each linked to its predecessor
- *   by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be delivered.
+ *   messages of a group are inserted by ONE operation of one group commit (spool-store.ts), each linked to
+ *   its predecessor by `after_id`; `lease` and `nextDueAt` skip a message whose predecessor is still to be
+ *   delivered (spool-delivery.ts).
  * - Delivery status notifications (spool-notifications.ts): the outcome that makes one owed writes its row
- *   in the same transaction; `storeNotification` stores the composed notification and deletes the row in
- *   one transaction, so a crash can neither lose one nor store it twice.
+ *   in the same transaction (spool-delivery.ts, spool-actions.ts); `storeNotification` stores the composed
+ *   notification and deletes the row in one transaction, so a crash can neither lose one nor store it twice.
  * - Queue actions (`act`, spool-actions.ts): pin the messages (never leased meanwhile), wait for an attempt
  *   in progress to end, then change all of them in one transaction.
- * - Leases live in memory: after a restart every unfinished message is due again (at-least-once). A
- *   record or settle whose write fails keeps its lease (and the message out of circulation) until it is
- *   retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when it cannot write it.
+ * - Leases live in memory (spool-leases.ts): after a restart every unfinished message is due again
+ *   (at-least-once). A record or settle whose write fails keeps its lease (and the message out of
+ *   circulation) until it is retried successfully; `release(id, dueAt)` keeps `dueAt` in memory even when
+ *   it cannot write it (spool-delivery.ts).
  * - The commit runs on the main thread (better-sqlite3 is synchronous); it is one WAL append + fsync
  *   per batch, measured in milliseconds (see `ses_relay_spool_commit_seconds`).
  */
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import type { Logger } from '../observability/logger';
 import { silentLogger } from '../observability/logger';
@@ -45,37 +56,32 @@ import type {
   RecipientOutcome,
   StoredMessageState,
 } from '../types';
-import {
-  bodyFilePath,
-  fsyncDir,
-  probeDirectory,
-  readBody,
-  removeOrphanBodies,
-  removeQuietly,
-  type ReadBody,
-} from './body-files';
-import { GroupCommitter, type CommitStats, type OpResult } from './group-commit';
-import { newQueueId } from './queue-id';
-import { bodyFileMembers, insertGroup, readGroupBodies, type GroupMember } from './spool-group';
+import { bodyFilePath, fsyncDir, removeQuietly } from './body-files';
+import { GroupCommitter, type CommitStats } from './group-commit';
 import {
   configureAndMigrate,
-  parseReception,
   prepareStatements,
   SCHEMA_VERSION,
   SpoolSchemaError,
   type MessageRow,
   type RecipientRow,
   type SpoolStatements,
-  type StateCountRow,
 } from './spool-schema';
-import {
-  applyOutcomes,
-  deleteMessage,
-  failedMessageOf,
-  finishAttempt,
-  insertMessage,
-} from './spool-outcomes';
+import { failedMessageOf } from './spool-outcomes';
+import { SpoolCounters } from './spool-counters';
 import { LeaseTable } from './spool-leases';
+import type { SpoolContext } from './spool-context';
+import { storeGroupMessages, storeMessage } from './spool-store';
+import {
+  earliestDueAt,
+  leaseDue,
+  openStoredBody,
+  recordOutcomes,
+  releaseLease,
+  settleAttempt,
+} from './spool-delivery';
+import { storedRoute } from './spool-group';
+import { probeWrites, pruneFailed, recoverAtOpen } from './spool-maintenance';
 import { lockSpoolWaiting, type SpoolLock } from './spool-lock';
 import {
   performAction,
@@ -85,9 +91,13 @@ import {
   type QueueAction,
   type QueueActionResult,
 } from './spool-actions';
-import { NotificationLedger, type NotificationPolicy, type PendingNotification } from './spool-notifications';
-import { spoolWriteErrors } from './spool-metrics';
-import { isStorageError, WriteHealth } from './write-health';
+import {
+  NotificationLedger,
+  NotificationNotOwedError,
+  type NotificationPolicy,
+  type PendingNotification,
+} from './spool-notifications';
+import { WriteHealth } from './write-health';
 import {
   SpoolWriteError,
   type FailedMessage,
@@ -118,25 +128,16 @@ export interface SqliteSpoolOptions {
   lockHolder?: string;
 }
 
-/** storeNotification found its owed row gone: the notification was stored already (never twice). */
-export class NotificationNotOwedError extends Error {
-  override name = 'NotificationNotOwedError';
-}
-
 /** How long a queue action waits for attempts in progress on its messages (default). */
 export const ACTION_WAIT_MS = 30_000;
 
 export type { CommitStats } from './group-commit';
+export { NotificationNotOwedError };
 export { LEASE_SQL, NEXT_DUE_SQL, OLDEST_SQL, STATE_COUNTS_SQL } from './spool-schema';
 
 const DEFAULT_INLINE_MAX = 256 * 1024;
 const DEFAULT_FAILED_RETENTION = 7 * 24 * 3600_000;
 const PRUNE_INTERVAL = 3600_000;
-const PRUNE_CHUNK = 1000;
-/** Bytes the write probe writes and fsyncs in the body directory: about what a small message needs. */
-const PROBE_BYTES = 64 * 1024;
-
-type StateCounts = Record<StoredMessageState, number>;
 
 export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly leases = new LeaseTable();
@@ -145,8 +146,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private closing?: Promise<void>;
   private pruneTimer?: NodeJS.Timeout;
   /** Messages by stored state, and recipients still to be delivered. */
-  private readonly byState: StateCounts = { queued: 0, deferred: 0, held: 0, failed: 0 };
-  private pendingRecipients = 0;
+  private readonly counters = new SpoolCounters();
   private probing?: Promise<boolean>;
 
   private readonly stmt: SpoolStatements;
@@ -156,14 +156,15 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   private readonly ledger: NotificationLedger;
   private readonly actionStmt: ActionStatements;
   private readonly onNotificationOwed: () => void;
+  private readonly ctx: SpoolContext;
 
   private constructor(
     private readonly db: Database.Database,
-    private readonly dir: string,
+    dir: string,
     private readonly lock: SpoolLock,
     private readonly failedRetentionMs: number,
-    private readonly inlineMax: number,
-    private readonly logger: Logger,
+    inlineMax: number,
+    logger: Logger,
     options: SqliteSpoolOptions,
   ) {
     this.bodiesDir = path.join(dir, 'bodies');
@@ -173,6 +174,20 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     this.onNotificationOwed = options.onNotificationOwed ?? (() => {});
     this.writeHealth = new WriteHealth(dir, logger);
     this.committer = new GroupCommitter(db, this.bodiesDir, logger, this.writeHealth);
+    this.ctx = {
+      db,
+      stmt: this.stmt,
+      committer: this.committer,
+      bodiesDir: this.bodiesDir,
+      inlineMax,
+      logger,
+      writeHealth: this.writeHealth,
+      leases: this.leases,
+      ledger: this.ledger,
+      counters: this.counters,
+      isClosed: () => this.closed,
+      notificationOwed: () => this.onNotificationOwed(),
+    };
   }
 
   /**
@@ -211,24 +226,13 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
         logger,
         options,
       );
-      try {
-        // Only under the lock: another relay's uncommitted body files would look orphaned.
-        const orphans = await removeOrphanBodies(
-          bodiesDir,
-          (id) => spool.stmt.bodyInfo.get(id) !== undefined,
-        );
-        if (orphans)
-          logger.warn({ removed: orphans }, 'removed orphan body files left by an interrupted store');
-        spool.loadCounters();
-        await spool.prune();
-      } catch (err) {
-        throw err instanceof SpoolWriteError ? err : new SpoolWriteError('cannot recover spool', err);
-      }
+      // Only under the lock: another relay's uncommitted body files would look orphaned.
+      await recoverAtOpen(spool.ctx, spool.failedRetentionMs);
       spool.pruneTimer = setInterval(() => {
         spool.prune().catch((err: unknown) => logger.warn({ err }, 'spool prune failed'));
       }, PRUNE_INTERVAL);
       spool.pruneTimer.unref();
-      logger.info({ dir, ...spool.byState }, 'spool opened');
+      logger.info({ dir, ...spool.counters.byState }, 'spool opened');
       return spool;
     } catch (err) {
       if (db?.open) db.close();
@@ -237,84 +241,18 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     }
   }
 
-  // ---------------------------------------------------------------- store
+  // ---------------------------------------------------------------- store (spool-store.ts)
 
   store(envelope: Envelope, body: Readable, reception: Omit<Reception, 'receivedAt'>): Promise<MessageId> {
-    const promise = this.storeMessage(envelope, body, reception);
-    this.storesInFlight.add(promise);
-    const forget = (): void => {
-      this.storesInFlight.delete(promise);
-    };
-    promise.then(forget, forget);
-    return promise;
+    return this.tracked(storeMessage(this.ctx, envelope, body, reception));
   }
-
-  private async storeMessage(
-    envelope: Envelope,
-    body: Readable,
-    reception: Omit<Reception, 'receivedAt'>,
-  ): Promise<MessageId> {
-    if (this.closed) {
-      body.resume();
-      throw new SpoolWriteError('spool is closed');
-    }
-    if (envelope.recipients.length === 0) {
-      body.resume();
-      throw new TypeError('an envelope needs at least one recipient');
-    }
-    const id = newQueueId();
-    const bodyFile = bodyFilePath(this.bodiesDir, id);
-    let read: ReadBody;
-    try {
-      read = await readBody(body, { id, bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'body' });
-      if (isStorageError(err)) this.writeHealth.failed(err);
-      this.logger.warn({ queueId: id, err }, 'message body not stored');
-      throw new SpoolWriteError('message body could not be stored', err);
-    }
-    const inFile = read.content === undefined;
-    const receivedAt = Date.now();
-    const receptionJson = JSON.stringify({
-      clientAddress: reception.clientAddress,
-      heloName: reception.heloName,
-      authUser: reception.authUser,
-    });
-    const recipients = [...envelope.recipients];
-    try {
-      await this.committer.run<void>(
-        () => {
-          const dsn = envelope.dsn;
-          insertMessage(
-            this.stmt,
-            { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
-            read,
-          );
-          return {
-            value: undefined,
-            onCommit: () => {
-              this.byState.queued += 1;
-              this.pendingRecipients += recipients.length;
-            },
-          };
-        },
-        {
-          syncBodiesDir: inFile,
-          onAbort: inFile ? () => this.removeUncommittedBody(id, bodyFile) : undefined,
-        },
-      );
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'commit' });
-      this.logger.warn({ queueId: id, err }, 'message not committed to spool');
-      throw err instanceof SpoolWriteError ? err : new SpoolWriteError('message could not be committed', err);
-    }
-    return id;
-  }
-
-  // ---------------------------------------------------------------- ordered groups
 
   storeGroup(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
-    const promise = this.storeGroupMessages(messages, inOp);
+    return this.tracked(storeGroupMessages(this.ctx, messages, inOp));
+  }
+
+  /** close() waits for stores in progress. */
+  private tracked<T>(promise: Promise<T>): Promise<T> {
     this.storesInFlight.add(promise);
     const forget = (): void => {
       this.storesInFlight.delete(promise);
@@ -325,224 +263,36 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   routeOf(id: MessageId): string | undefined {
     this.assertOpen();
-    const json = this.stmt.receptionOf.pluck().get(id) as string | undefined;
-    if (json === undefined) return undefined;
-    const route = (JSON.parse(json) as { route?: unknown }).route;
-    return typeof route === 'string' ? route : undefined;
+    return storedRoute(this.stmt, id);
   }
 
-  /** True when the message was stored after another one (storeGroup) that is still to be delivered. */
-  private isBlocked(id: MessageId): boolean {
-    return this.stmt.blocked.get(id) !== undefined;
-  }
-
-  /** `inOp` runs first inside the commit's operation; when it throws nothing is stored. */
-  private async storeGroupMessages(messages: GroupMessage[], inOp?: () => void): Promise<MessageId[]> {
-    if (this.closed || messages.some((m) => m.envelope.recipients.length === 0)) {
-      for (const m of messages) m.body.destroy();
-      if (this.closed) throw new SpoolWriteError('spool is closed');
-      throw new TypeError('an envelope needs at least one recipient');
-    }
-    let members: GroupMember[];
-    try {
-      members = await readGroupBodies(messages, { bodiesDir: this.bodiesDir, inlineMax: this.inlineMax });
-    } catch (err) {
-      spoolWriteErrors.inc({ stage: 'body' });
-      if (isStorageError(err)) this.writeHealth.failed(err);
-      this.logger.warn({ err }, 'message group bodies not stored');
-      throw new SpoolWriteError('message body could not be stored', err);
-    }
-    if (members.length === 0) return [];
-    const files = bodyFileMembers(members);
-    try {
-      await this.committer.run<void>(
-        () => {
-          inOp?.();
-          const recipients = insertGroup(this.stmt, members, Date.now());
-          return {
-            value: undefined,
-            onCommit: () => {
-              this.byState.queued += members.length;
-              this.pendingRecipients += recipients;
-            },
-          };
-        },
-        {
-          syncBodiesDir: files.length > 0,
-          onAbort: files.length
-            ? async () => {
-                for (const m of files)
-                  await this.removeUncommittedBody(m.id, bodyFilePath(this.bodiesDir, m.id));
-              }
-            : undefined,
-        },
-      );
-    } catch (err) {
-      if (err instanceof NotificationNotOwedError) throw err;
-      spoolWriteErrors.inc({ stage: 'commit' });
-      this.logger.warn({ queueIds: members.map((m) => m.id), err }, 'message group not committed to spool');
-      throw err instanceof SpoolWriteError
-        ? err
-        : new SpoolWriteError('message group could not be committed', err);
-    }
-    return members.map((m) => m.id);
-  }
-
-  // ---------------------------------------------------------------- delivery side
+  // ---------------------------------------------------------------- delivery side (spool-delivery.ts)
 
   lease(max: number, now: number = Date.now()): QueuedMessage[] {
     this.assertOpen();
-    const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
-    if (max <= 0) return leased;
-    for (const row of this.stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-      if (!this.leases.leasable(row.id, now) || this.isBlocked(row.id)) continue;
-      const recipients = this.stmt.pendingRecipients.pluck().all(row.id) as string[];
-      if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
-      leased.push({
-        id: row.id,
-        envelope: { mailFrom: row.mail_from, recipients },
-        reception: parseReception(row),
-        size: row.size,
-        attempts: row.attempts,
-        dueAt: row.due_at,
-        heldMs: row.held_ms,
-        state: row.state,
-      });
-      if (leased.length >= max) break;
-    }
-    return leased.map(({ state, ...message }) => {
-      this.leases.take(message.id, state);
-      return message;
-    });
+    return leaseDue(this.ctx, max, now);
   }
 
   nextDueAt(): number | undefined {
     this.assertOpen();
-    const next = this.leases.earliestHold();
-    for (const row of this.stmt.nextDue.iterate() as IterableIterator<{ id: string; due_at: number }>) {
-      if (this.leases.has(row.id) || this.leases.heldBack(row.id) || this.isBlocked(row.id)) continue;
-      return next === undefined ? row.due_at : Math.min(next, row.due_at);
-    }
-    return next;
+    return earliestDueAt(this.ctx);
   }
 
   openBody(id: MessageId): Readable {
     this.assertOpen();
-    const row = this.stmt.bodyInfo.get(id) as { body_in_file: number } | undefined;
-    if (!row) throw new Error(`spool has no message ${id}`);
-    if (row.body_in_file) return fs.createReadStream(bodyFilePath(this.bodiesDir, id));
-    const data = this.stmt.body.pluck().get(id) as Buffer | undefined;
-    if (!data) throw new Error(`spool has no body for message ${id}`);
-    return Readable.from([data], { objectMode: false });
+    return openStoredBody(this.ctx, id);
   }
 
-  async record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void> {
-    if (outcomes.some((o) => o.status === 'deferred')) {
-      throw new TypeError('record: only final outcomes (delivered, failed, suppressed, expired)');
-    }
-    if (outcomes.length === 0) return;
-    await this.write(id, () => {
-      const row = this.stmt.message.get(id) as MessageRow | undefined;
-      if (!row || row.state === 'failed') {
-        if (this.leases.isUncertain(id)) return { value: undefined }; // the failed write did commit
-        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
-      }
-      const before = this.ledger.before(row);
-      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
-      if (stillPending === 0) throw new TypeError('record: it would finish the message; use settle');
-      this.stmt.setPendingRecipients.run(stillPending, id);
-      // Composed once the attempt is settled (the settlement may add recipients to the same notification).
-      this.ledger.onOutcomes(row, before, outcomes, Date.now());
-      const delta = stillPending - row.pending_recipients;
-      return {
-        value: undefined,
-        onCommit: () => {
-          this.pendingRecipients += delta;
-          this.warnUnmatched(id, unmatched);
-        },
-      };
-    });
+  record(id: MessageId, outcomes: RecipientOutcome[]): Promise<void> {
+    return recordOutcomes(this.ctx, id, outcomes);
   }
 
-  async settle(
-    id: MessageId,
-    outcomes: RecipientOutcome[],
-    options: SettleOptions = {},
-  ): Promise<MessageState> {
-    const now = Date.now();
-    if (outcomes.some((o) => o.status === 'deferred') && options.retryAt === undefined) {
-      this.leases.end(id);
-      throw new TypeError('settle: retryAt is required when a recipient is deferred');
-    }
-    let owedNotification = false;
-    const state = await this.write<MessageState>(id, () => {
-      const row = this.stmt.message.get(id) as MessageRow | undefined;
-      if (!row || row.state === 'failed') {
-        // A failed write of this settlement may have committed after all: then this retry is done.
-        if (this.leases.isUncertain(id)) return { value: row ? 'failed' : 'delivered' };
-        throw new Error(row ? `message ${id} is already finished (failed)` : `spool has no message ${id}`);
-      }
-      const before = this.ledger.before(row);
-      const { unmatched, stillPending } = applyOutcomes(this.stmt, id, outcomes);
-      // Owed before finishAttempt: a delivered message's row (and inline body) is deleted there.
-      let owed = this.ledger.onOutcomes(row, before, outcomes, now);
-      const finish = finishAttempt(this.stmt, row, outcomes, stillPending, { ...options, now });
-      if (finish.state === 'deferred') owed = this.ledger.onDeferred(row, before, now) || owed;
-      const delta = stillPending - row.pending_recipients;
-      return {
-        value: finish.state,
-        onCommit: () => {
-          this.byState[row.state] -= 1;
-          if (finish.stored) this.byState[finish.stored] += 1;
-          this.pendingRecipients += delta;
-          this.warnUnmatched(id, unmatched);
-          if (finish.removed && row.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, id));
-          owedNotification = owed;
-        },
-      };
-    });
-    this.leases.end(id);
-    // After the lease ended: the notifier composes only notifications of messages not being delivered.
-    if (owedNotification) this.onNotificationOwed();
-    return state;
-  }
-
-  /**
-   * One record/settle write. A storage failure keeps the lease (the caller retries; the message stays out
-   * of circulation); any other failure ends it (the caller's mistake, or the message is gone).
-   */
-  private async write<T>(id: MessageId, apply: () => OpResult<T>): Promise<T> {
-    try {
-      const value = await this.committer.run<T>(apply);
-      this.leases.settled(id);
-      return value;
-    } catch (err) {
-      if (err instanceof SpoolWriteError && !this.closed) {
-        this.leases.markUncertain(id);
-        spoolWriteErrors.inc({ stage: 'settle' });
-        throw err;
-      }
-      this.leases.end(id);
-      throw err;
-    }
+  settle(id: MessageId, outcomes: RecipientOutcome[], options: SettleOptions = {}): Promise<MessageState> {
+    return settleAttempt(this.ctx, id, outcomes, options);
   }
 
   release(id: MessageId, dueAt?: number): void {
-    if (!this.leases.has(id)) return;
-    // In memory first: the message stays out of circulation until dueAt even if the row cannot be written.
-    this.leases.release(id, dueAt);
-    if (dueAt === undefined || this.closed) return;
-    // Not worth a durable commit: after a restart everything unfinished is due anyway.
-    try {
-      this.stmt.setDue.run(dueAt, id);
-    } catch (err) {
-      this.logger.warn({ queueId: id, err }, 'could not reschedule released message');
-    }
-  }
-
-  private warnUnmatched(id: MessageId, unmatched: string[]): void {
-    if (unmatched.length === 0 || this.leases.isUncertain(id)) return;
-    this.logger.warn({ queueId: id, recipients: unmatched }, 'outcome for a recipient that is not waiting');
+    releaseLease(this.ctx, id, dueAt);
   }
 
   // ---------------------------------------------------------------- notifications and queue actions
@@ -601,9 +351,9 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   private afterAction(fx: ActionEffects): void {
     for (const state of Object.keys(fx.stateDelta) as StoredMessageState[]) {
-      this.byState[state] += fx.stateDelta[state];
+      this.counters.byState[state] += fx.stateDelta[state];
     }
-    this.pendingRecipients += fx.pendingRecipientsDelta;
+    this.counters.pendingRecipients += fx.pendingRecipientsDelta;
     for (const id of fx.removedFiles) void removeQuietly(bodyFilePath(this.bodiesDir, id));
     for (const id of fx.due) this.leases.forgetHold(id);
   }
@@ -612,19 +362,8 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
 
   counts(): SpoolCounts {
     this.assertOpen();
-    const sending = this.leases.byStoredState();
     const oldest = this.stmt.oldest.pluck().get() as number | null;
-    const { queued, deferred, held, failed } = this.byState;
-    return {
-      pending: queued + deferred + held,
-      queued: queued - sending.queued,
-      sending: this.leases.size,
-      deferred: deferred - sending.deferred,
-      held,
-      failed,
-      pendingRecipients: this.pendingRecipients,
-      oldestReceivedAt: oldest ?? undefined,
-    };
+    return this.counters.counts(this.leases, oldest ?? undefined);
   }
 
   listFailed(limit = 100): FailedMessage[] {
@@ -643,34 +382,14 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
   }
 
   /**
-   * Probe with real durable writes: a file of PROBE_BYTES written and fsynced in the body directory, and
-   * a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
+   * Probe with real durable writes (spool-maintenance.ts): a file written and fsynced in the body directory,
+   * and a one-row SQLite commit through the group committer. Either failing makes the spool unwritable.
    */
   isWritable(): Promise<boolean> {
     if (this.closed) return Promise.resolve(false);
     // Concurrent callers (/readyz, the dispatcher) share one probe.
-    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    this.probing ??= probeWrites(this.ctx).finally(() => (this.probing = undefined));
     return this.probing;
-  }
-
-  private async probe(): Promise<boolean> {
-    try {
-      await probeDirectory(this.bodiesDir, PROBE_BYTES);
-    } catch (err) {
-      this.writeHealth.failed(err);
-      this.logger.warn({ err }, 'spool directory is not writable');
-      return false;
-    }
-    try {
-      await this.committer.run(() => {
-        this.stmt.probe.run(String(Date.now()));
-        return { value: undefined };
-      });
-    } catch {
-      return false; // the committer marked the spool unwritable
-    }
-    this.writeHealth.succeeded();
-    return true;
   }
 
   close(): Promise<void> {
@@ -688,58 +407,11 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
     this.lock.release();
   }
 
-  // ---------------------------------------------------------------- maintenance
+  // ---------------------------------------------------------------- maintenance (spool-maintenance.ts)
 
   /** Remove failed messages older than the retention time. */
-  async prune(now: number = Date.now()): Promise<number> {
-    const cutoff = now - this.failedRetentionMs;
-    let removed = 0;
-    for (;;) {
-      const count = await this.committer.run<number>(() => {
-        const victims = this.stmt.expiredFailed.all({
-          cutoff,
-          stale: cutoff - this.failedRetentionMs,
-          limit: PRUNE_CHUNK,
-        }) as Array<{
-          id: string;
-          body_in_file: number;
-        }>;
-        for (const victim of victims) deleteMessage(this.stmt, victim.id);
-        return {
-          value: victims.length,
-          onCommit: () => {
-            this.byState.failed -= victims.length;
-            for (const victim of victims) {
-              if (victim.body_in_file) void removeQuietly(bodyFilePath(this.bodiesDir, victim.id));
-            }
-          },
-        };
-      });
-      removed += count;
-      if (count < PRUNE_CHUNK) break;
-    }
-    if (removed > 0) this.logger.info({ removed }, 'pruned failed messages past retention');
-    return removed;
-  }
-
-  /**
-   * After a failed commit, remove the body file unless the row exists after all (a COMMIT that
-   * reported an error may still have reached the disk); when in doubt keep it: open() cleans up.
-   */
-  private async removeUncommittedBody(id: MessageId, file: string): Promise<void> {
-    try {
-      if (this.db.open && !this.stmt.bodyInfo.get(id)) await removeQuietly(file);
-    } catch {
-      // database unusable: leave the file to the orphan cleanup of the next open()
-    }
-  }
-
-  private loadCounters(): void {
-    this.pendingRecipients = 0;
-    for (const row of this.stmt.stateCounts.all() as StateCountRow[]) {
-      this.byState[row.state] = row.messages;
-      if (row.state !== 'failed') this.pendingRecipients += row.recipients;
-    }
+  prune(now: number = Date.now()): Promise<number> {
+    return pruneFailed(this.ctx, this.failedRetentionMs, now);
   }
 
   private assertOpen(): void {
