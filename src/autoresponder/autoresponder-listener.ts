@@ -12,6 +12,7 @@
  * - Enhanced status codes are not advertised (smtp-server would put a second one in front of ours); our
  *   replies carry the catalogue's code in their text, as the relay's ingress does.
  */
+import { listenSmtp } from '../ingress/listen';
 import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
@@ -196,30 +197,17 @@ export function createAutoresponderListener(options: AutoresponderListenerOption
   }
 
   return {
-    listen() {
-      return new Promise<void>((resolve, reject) => {
-        const onError = (err: Error): void => {
-          smtp.server.off('listening', onListening);
-          reject(err);
-        };
-        const onListening = (): void => {
-          smtp.server.off('error', onError);
-          const a = smtp.server.address() as AddressInfo;
-          log.info(
-            {
-              event: 'autoresponder:listening',
-              host: a.address,
-              port: a.port,
-              tls: starttls ? 'starttls' : 'none',
-            },
-            'autoresponder listener ready',
-          );
-          resolve();
-        };
-        smtp.server.once('error', onError);
-        smtp.server.once('listening', onListening);
-        smtp.listen(options.port, options.host);
-      });
+    async listen() {
+      const a = await listenSmtp(smtp, options.port, options.host);
+      log.info(
+        {
+          event: 'autoresponder:listening',
+          host: a.address,
+          port: a.port,
+          tls: starttls ? 'starttls' : 'none',
+        },
+        'autoresponder listener ready',
+      );
     },
     close(graceMs: number) {
       closePromise ??= (async () => {

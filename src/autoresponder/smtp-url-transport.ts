@@ -5,6 +5,7 @@
  * Like every transport it never throws: each recipient gets a class (SES's classification, which is plain
  * RFC 5321 for any server: 2xx delivered, 4xx transient, 5xx permanent).
  */
+import { envelopeOf } from '../egress/transport/nodemailer-envelope';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import type { Readable } from 'node:stream';
@@ -57,7 +58,8 @@ export class SmtpUrlTransport implements Transport {
     }
     try {
       const info = (await this.transporter.sendMail({
-        envelope: { from: tx.mailFrom, to: tx.recipients },
+        // Address objects, never strings nodemailer would parse again (nodemailer-envelope.ts).
+        envelope: envelopeOf(tx.mailFrom, tx.recipients),
         raw: body,
       })) as { accepted?: unknown[]; response?: string };
       this.lastNetworkFailure = false;

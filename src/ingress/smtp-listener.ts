@@ -13,6 +13,7 @@
  * sequence) by itself; ENHANCEDSTATUSCODES is advertised and smtp-server adds RFC 3463 codes to its own
  * replies, while ours carry the catalogue's code in their text.
  */
+import { listenSmtp } from './listen';
 import type { AddressInfo } from 'node:net';
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
@@ -239,29 +240,21 @@ function serverOptions(
   };
 }
 
-function listen(smtp: SMTPServer, config: IngressConfig, policy: SessionPolicy, log: Logger): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onError = (err: Error): void => {
-      smtp.server.off('listening', onListening);
-      reject(err);
-    };
-    const onListening = (): void => {
-      smtp.server.off('error', onError);
-      const a = smtp.server.address() as AddressInfo;
-      log.info(
-        {
-          event: 'ingress:listening',
-          host: a.address,
-          port: a.port,
-          tls: config.implicitTls ? 'implicit' : policy.starttls ? 'starttls' : 'none',
-          auth: !!policy.authenticator,
-        },
-        'SMTP listener ready',
-      );
-      resolve();
-    };
-    smtp.server.once('error', onError);
-    smtp.server.once('listening', onListening);
-    smtp.listen(config.port, config.host);
-  });
+async function listen(
+  smtp: SMTPServer,
+  config: IngressConfig,
+  policy: SessionPolicy,
+  log: Logger,
+): Promise<void> {
+  const a = await listenSmtp(smtp, config.port, config.host);
+  log.info(
+    {
+      event: 'ingress:listening',
+      host: a.address,
+      port: a.port,
+      tls: config.implicitTls ? 'implicit' : policy.starttls ? 'starttls' : 'none',
+      auth: !!policy.authenticator,
+    },
+    'SMTP listener ready',
+  );
 }
