@@ -50,12 +50,45 @@ export interface EnvelopeDsn {
 export const NOTIFICATION_TYPES = ['failure', 'expiry', 'operator-bounce', 'delay', 'relayed'] as const;
 export type NotificationType = (typeof NOTIFICATION_TYPES)[number];
 
+/**
+ * Priorities of a tenant's mail and their weights in the fair share of the SES rate: while the rate is the
+ * bottleneck, tenants with mail waiting get recipients in proportion to these weights (not first come,
+ * first served). The `priority` field of an API-key item or of an SMTP_USER_POLICY_FILE entry.
+ */
+export const TENANT_PRIORITIES = ['high', 'normal', 'bulk'] as const;
+export type TenantPriority = (typeof TENANT_PRIORITIES)[number];
+export const TENANT_WEIGHTS: Readonly<Record<TenantPriority, number>> = { high: 8, normal: 4, bulk: 1 };
+
+/** The tenant of mail from trusted networks without AUTH (one tenant of its own, priority normal). */
+export const UNAUTHENTICATED_TENANT = 'trusted-networks';
+
+/**
+ * Who a message belongs to for fair shares, limits and SES settings: an API key (by its configured
+ * `name`) or an SMTP user, with its policy as it was when the message was accepted (stored with the
+ * message, so a key changed or deleted later does not change mail already queued).
+ */
+export interface Tenant {
+  /** A bounded label (the key's configured name or the SMTP user name, never a secret). */
+  name: string;
+  priority: TenantPriority;
+  /** Recipients per second this tenant may use at most (within the shared SES rate). */
+  rateLimit?: number;
+  /** Recipients accepted per UTC day (ingress: 451 4.7.1 over it). */
+  dailyQuota?: number;
+  /** SES configuration set for its messages (overrides SES_CONFIGURATION_SET). */
+  configurationSet?: string;
+  /** SES message tags for its messages (name -> value). */
+  tags?: Record<string, string>;
+}
+
 /** Who handed the message to us, kept for logs and policy. */
 export interface Reception {
   clientAddress: string;
   heloName?: string;
   /** Authenticated user or API key label, if the session authenticated. */
   authUser?: string;
+  /** The tenant the message belongs to; absent: UNAUTHENTICATED_TENANT with priority normal. */
+  tenant?: Tenant;
   /** Time the spool acknowledged the message (ms since epoch). */
   receivedAt: number;
   /** Set on a delivery status notification the relay generated itself: it never gets one of its own. */
