@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { loadConfig, ConfigError, DEFAULT_TRUSTED_NETWORKS } from '../src/config';
+import { loadConfig, ConfigError } from '../src/config';
+import { DEFAULT_TRUSTED_NETWORKS } from '../src/config/specs';
 import { MAIN, TEST_CA } from './helpers/relay-process';
 
 const fixtures = path.join(__dirname, 'fixtures', 'tls');

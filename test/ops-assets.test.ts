@@ -13,7 +13,7 @@ import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import nodemailer from 'nodemailer';
 import YAML from 'yaml';
-import { CONFIG_VARIABLES } from '../src/config';
+import { CONFIG_VARIABLES } from '../src/config/specs';
 import { startFakeSes, type FakeSes } from './helpers/fake-ses';
 import { startDynalite, TEST_CREDENTIALS, TEST_REGION, type Dynalite } from './helpers/dynalite';
 import { REDIS_SERVER, startRedisServer, type RedisServer } from './helpers/redis-server';

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { REPLIES, smtpError, replyLine } from '../src/replies';
-import { CONFIG_VARIABLES } from '../src/config';
+import { CONFIG_VARIABLES } from '../src/config/specs';
 
 const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
 

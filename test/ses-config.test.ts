@@ -6,7 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { ConfigError, loadConfig, SES_API_MAX_RAW_MESSAGE_SIZE } from '../src/config';
+import { ConfigError, loadConfig } from '../src/config';
+import { SES_API_MAX_RAW_MESSAGE_SIZE } from '../src/config/sections';
 import { SES_API_MAX_RAW_BYTES } from '../src/egress/transport/ses-api-transport';
 import { MAIN } from './helpers/relay-process';
 
