@@ -2,7 +2,12 @@
  * Builds the relay's parts from a Config and wires their start and stop:
  * ingress (SMTP listener) → spool → dispatcher (policy → admission → transport), observability beside; the
  * notifier (delivery status notifications, BOUNCE_FROM) and the queue-action socket on the spool.
- * main.ts calls startRelay(); tests may call it in-process too.
+ * The builders of each part are in relay-parts.ts. main.ts calls startRelay(); tests may call it in-process.
+ *
+ * Start order: spool (its lock first), policy, rate plan and admission, transport, dispatcher, notifier;
+ * then the metrics and health server, delivery, the queue-control socket, the SMTP listener, the
+ * autoresponder. Stop order: the control socket, then (together) the listeners and delivery within
+ * SHUTDOWN_TIMEOUT, then everything delivery used, the spool, and the metrics server last.
  */
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config';
@@ -10,38 +15,31 @@ import type { Spool } from './spool/spool';
 import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
 import type { Authenticator } from './auth/authenticator';
-import { authenticatorChain } from './auth/authenticator-chain';
-import { StaticUserAuthenticator } from './auth/static-users';
 import type { RecipientPolicy } from './policy/policy';
-import { createDynamoPolicy } from './policy/policy-factory';
 import type { Transport } from './egress/transport/transport';
-import { SesSmtpTransport } from './egress/transport/ses-smtp-transport';
-import { SesApiTransport } from './egress/transport/ses-api-transport';
-import { AutoRate, SesAccount } from './egress/rate/ses-account';
-import { OutboxTransport } from './egress/transport/outbox-transport';
 import type { RateAdmission } from './egress/rate/admission';
-import { createAdmission } from './egress/rate/admission-factory';
 import { Dispatcher } from './egress/dispatcher';
 import { registerQueueMetrics } from './egress/queue-metrics';
 import { registry } from './observability/metrics';
 import { startHttpServer, type HttpServer, type ReadinessReport } from './observability/http-server';
 import type { Logger } from './observability/logger';
 import type { Autoresponder } from './autoresponder/autoresponder';
-import type { DnsResolver } from './autoresponder/dkim-check';
 import { withAutoresponderRoutes } from './autoresponder/routing-transport';
-import { Notifier } from './notifications/notifier';
+import type { Notifier } from './notifications/notifier';
 import { registerNotificationMetrics } from './notifications/notification-metrics';
 import { QueueControlServer } from './spool/queue-control';
+import {
+  buildAdmission,
+  buildNotifier,
+  buildPolicy,
+  buildTransport,
+  planRate,
+  startAutoresponderFrontDoor,
+  type RatePlan,
+  type RelayOptions,
+} from './relay-parts';
 
-type AutoresponderModule = typeof import('./autoresponder/autoresponder');
-
-export interface RelayOptions {
-  logger: Logger;
-  /** Extra trusted CAs for the upstream connection (tests; production uses NODE_EXTRA_CA_CERTS). */
-  upstreamCa?: Buffer;
-  /** DNS answers for the autoresponder's DKIM verification (tests); Node's resolver otherwise. */
-  autoresponderDnsResolver?: DnsResolver;
-}
+export type { RelayOptions } from './relay-parts';
 
 export interface Relay {
   readonly config: Config;
@@ -71,142 +69,27 @@ function wakingSpool(spool: Spool, wake: () => void): Spool {
   });
 }
 
-/** Suppression list (USE_BLOCKLIST) and API-key AUTH (USE_APIKEY) from DynamoDB; allow-all otherwise. */
-function buildPolicy(
-  config: Config,
-  logger: Logger,
-): { policy: RecipientPolicy; authenticator?: Authenticator } {
-  const { policy, apiKeys } = createDynamoPolicy(config.policy, logger);
-  const users = config.ingress.users.length ? [new StaticUserAuthenticator(config.ingress.users)] : [];
-  return { policy, authenticator: authenticatorChain([...users, ...(apiKeys ? [apiKeys] : [])]) };
+/** Everything behind the listeners: built before anything listens. */
+interface DeliveryParts {
+  spool: SqliteSpool;
+  policy: RecipientPolicy;
+  authenticator?: Authenticator;
+  plan: RatePlan;
+  admission: RateAdmission;
+  transport: Transport;
+  dispatcher: Dispatcher;
+  notifier?: Notifier;
 }
 
-/** The rate and burst to start with: configured, or (SES_RATE_LIMIT=auto) read from SES's GetAccount. */
-interface RatePlan {
-  rate: number;
-  burst: number;
-  account?: SesAccount;
-  autoRate?: AutoRate;
+/** What listens or serves, set as each one starts (so a failed start closes only what is open). */
+interface Doors {
+  http?: HttpServer;
+  control?: QueueControlServer;
+  smtp?: SmtpListener;
+  autoresponder?: Autoresponder;
 }
 
-/**
- * GetAccount is read when the relay can call it: for SES_RATE_LIMIT=auto (the rate), and with the API
- * transport (its IAM identity): then a daily-quota pause ends by reading SendQuota instead of probing
- * with a real message.
- */
-async function planRate(config: Config, logger: Logger): Promise<RatePlan> {
-  const l = config.limiter;
-  const region = config.egress.region;
-  if (!region || (!l.auto && config.egress.transport !== 'api')) return { rate: l.rate, burst: l.burst };
-  const account = new SesAccount({ region, refreshMs: l.auto?.refreshMs ?? l.quotaRefreshMs, logger });
-  if (!l.auto) return { rate: l.rate, burst: l.burst, account };
-  const autoRate = new AutoRate(account, l.auto, logger);
-  const rate = await autoRate.initialRate();
-  // The burst is fixed for the process: one second of the rate SES grants now, unless SES_BURST is set.
-  const burst = l.burstExplicit ? l.burst : Math.max(1, Math.ceil(rate));
-  return { rate, burst, account, autoRate };
-}
-
-function buildAdmission(config: Config, logger: Logger, plan: RatePlan): Promise<RateAdmission> {
-  const l = config.limiter;
-  return createAdmission({
-    rate: plan.rate,
-    burst: plan.burst,
-    throttleFactor: l.throttleFactor,
-    throttleRecoveryMs: l.throttleRecoveryMs,
-    throttlePauseMs: l.throttlePauseMs,
-    quotaProbeIntervalMs: l.quotaProbeIntervalMs,
-    poolSize: config.egress.poolSize,
-    redisUrl: l.redisUrl,
-    limiterId: l.limiterId,
-    heartbeatMs: l.heartbeatMs,
-    stateDir: config.spool.dir,
-    maxQueueAgeMs: config.egress.maxQueueAgeMs,
-    account: plan.account,
-    logger,
-  });
-}
-
-function buildTransport(config: Config, options: RelayOptions): Transport {
-  const e = config.egress;
-  if (e.transport === 'api' && e.region) {
-    // Credentials: the SDK's default chain; endpoint: AWS_ENDPOINT_URL_SESV2, read by the SDK itself.
-    return new SesApiTransport({
-      region: e.region,
-      configurationSet: e.configurationSet,
-      connectionTimeoutMs: e.connectionTimeoutMs,
-      name: `ses-api:${e.apiEndpoint ?? e.region}`,
-      logger: options.logger,
-    });
-  }
-  if (e.transport !== 'smtp' || !e.sesHost) {
-    return new OutboxTransport({ dir: e.outboxDir, logger: options.logger });
-  }
-  return new SesSmtpTransport({
-    host: e.sesHost,
-    port: e.sesPort,
-    secure: e.sesSecure,
-    username: e.username ?? '',
-    password: e.password ?? '',
-    poolSize: e.poolSize,
-    maxMessagesPerConnection: e.maxMessagesPerConnection,
-    maxConnectionAgeMs: e.maxConnectionAgeMs,
-    connectionTimeoutMs: e.connectionTimeoutMs,
-    tls: options.upstreamCa ? { ca: options.upstreamCa } : undefined,
-    configurationSet: e.configurationSet,
-    logger: options.logger,
-  });
-}
-
-/**
- * The autoresponder front door (AUTORESPONDER_CONFIG): its own MX-facing listener in front of the same
- * spool, suppression policy and dispatcher. Undefined when it is off.
- */
-async function startAutoresponderFrontDoor(
-  config: Config,
-  options: RelayOptions,
-  parts: { spool: SqliteSpool; policy: RecipientPolicy; wake: () => void },
-): Promise<Autoresponder | undefined> {
-  if (!config.autoresponder) return undefined;
-  // Loaded only when on: its parsers, DKIM verifier and S3 client would slow every start.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { startAutoresponder } = require('./autoresponder/autoresponder') as AutoresponderModule;
-  return startAutoresponder({
-    config: config.autoresponder,
-    ingress: config.ingress,
-    spool: parts.spool,
-    policy: parts.policy,
-    wake: parts.wake,
-    logger: options.logger,
-    dnsResolver: options.autoresponderDnsResolver,
-  });
-}
-
-/** Where SES is, for the notifications' Remote-MTA field. */
-function remoteMta(config: Config): string | undefined {
-  const e = config.egress;
-  if (e.transport === 'smtp') return e.sesHost;
-  if (e.transport === 'api' && e.region) return `email.${e.region}.amazonaws.com`;
-  return undefined;
-}
-
-/** The notifier when BOUNCE_FROM is set (undefined otherwise). */
-function buildNotifier(config: Config, spool: SqliteSpool, logger: Logger, stored: () => void) {
-  const n = config.notifications;
-  if (!n) return undefined;
-  const settings = {
-    from: n.from,
-    bounceFrom: n.bounceFrom,
-    reportingMta: n.reportingMta,
-    remoteMta: remoteMta(config),
-  };
-  return new Notifier({ spool, settings, logger, stored });
-}
-
-export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
-  const { logger } = options;
-  // Set once the dispatcher exists; the spool calls it when a commit made a notification owed.
-  const late: { notifier?: Notifier } = {};
+async function openSpool(config: Config, logger: Logger, notificationOwed: () => void): Promise<SqliteSpool> {
   const n = config.notifications;
   const spool = await SqliteSpool.open({
     dir: config.spool.dir,
@@ -217,30 +100,24 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       delayWarningMs: n.delayWarningMs,
       maxQueueAgeMs: n.maxQueueAgeMs,
     },
-    onNotificationOwed: () => late.notifier?.poke(),
+    onNotificationOwed: notificationOwed,
     // A queue tool acting on the stopped relay's spool holds the lock for one transaction: wait for it.
     lockWaitMs: 10_000,
   });
   registerQueueMetrics(spool);
   registerNotificationMetrics(() => spool.pendingNotificationCount());
+  return spool;
+}
+
+/** Settings that work but surprise: said once at start. */
+function warnAboutSetup(config: Config, spool: SqliteSpool, logger: Logger): void {
   const owed = spool.pendingNotificationCount();
-  if (!n && owed > 0) {
+  if (!config.notifications && owed > 0) {
     logger.warn(
       { event: 'notification:owed-unsent', owed },
       `${owed} delivery status notifications are owed but BOUNCE_FROM is unset: they wait until it is set again`,
     );
   }
-  const { policy, authenticator } = buildPolicy(config, logger);
-  const plan = await planRate(config, logger);
-  const admission = await buildAdmission(config, logger, plan);
-  plan.autoRate?.attach(admission);
-  plan.account?.start();
-  const transport = withAutoresponderRoutes(
-    buildTransport(config, options),
-    config.autoresponder,
-    (id) => spool.routeOf(id),
-    logger,
-  );
   if (config.egress.transport === 'outbox') {
     logger.warn(
       { event: 'relay:embedded-mode', outboxDir: config.egress.outboxDir },
@@ -254,6 +131,25 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       'AUTH is required but no TLS certificate is set: clients outside SMTP_TRUSTED_NETWORKS cannot authenticate (538 5.7.11). Set SSL_CERT_PATH and SSL_KEY_PATH, or SMTP_ALLOW_INSECURE_AUTH=true behind a TLS-terminating proxy.',
     );
   }
+}
+
+async function buildDelivery(config: Config, options: RelayOptions): Promise<DeliveryParts> {
+  const { logger } = options;
+  // Set once the notifier exists; the spool calls it when a commit made a notification owed.
+  const late: { notifier?: Notifier } = {};
+  const spool = await openSpool(config, logger, () => late.notifier?.poke());
+  warnAboutSetup(config, spool, logger);
+  const { policy, authenticator } = buildPolicy(config, logger);
+  const plan = await planRate(config, logger);
+  const admission = await buildAdmission(config, logger, plan);
+  plan.autoRate?.attach(admission);
+  plan.account?.start();
+  const transport = withAutoresponderRoutes(
+    buildTransport(config, options),
+    config.autoresponder,
+    (id) => spool.routeOf(id),
+    logger,
+  );
   const dispatcher = new Dispatcher({
     spool,
     transport,
@@ -263,120 +159,148 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     failOpen: config.policy.failOpen,
     logger,
   });
+  late.notifier = buildNotifier(config, spool, logger, () => dispatcher.wake());
+  return { spool, policy, authenticator, plan, admission, transport, dispatcher, notifier: late.notifier };
+}
 
-  const notifier = buildNotifier(config, spool, logger, () => dispatcher.wake());
-  late.notifier = notifier;
-
-  let smtp: SmtpListener | undefined;
-  let autoresponder: Autoresponder | undefined;
-  let http: HttpServer | undefined;
-  let control: QueueControlServer | undefined;
-  const readiness = async (): Promise<ReadinessReport> => {
-    const writable = await spool.isWritable();
+/** /readyz: ready while the listener listens and the spool takes writes; the rest reports degradation. */
+function readinessOf(config: Config, parts: DeliveryParts, doors: Doors): () => Promise<ReadinessReport> {
+  return async () => {
+    const writable = await parts.spool.isWritable();
     const checks: ReadinessReport['checks'] = {
-      smtp: smtp?.listening ? 'ok' : 'failing',
+      smtp: doors.smtp?.listening ? 'ok' : 'failing',
       spool: writable ? 'ok' : 'failing',
       // Degraded while delivery is paused: the spool cannot be written, or SES's daily quota is spent
       // or sending is paused for the account (ses_relay_quota_paused says which).
-      delivery: dispatcher.paused ? 'degraded' : 'ok',
-      upstream: transport.healthy() ? 'ok' : 'degraded',
-      limiter: admission.status().available ? 'ok' : 'degraded',
-      suppressionList: policy.healthy() ? 'ok' : 'degraded',
-      ...(config.autoresponder ? { autoresponder: autoresponder?.listening ? 'ok' : 'degraded' } : {}),
+      delivery: parts.dispatcher.paused ? 'degraded' : 'ok',
+      upstream: parts.transport.healthy() ? 'ok' : 'degraded',
+      limiter: parts.admission.status().available ? 'ok' : 'degraded',
+      suppressionList: parts.policy.healthy() ? 'ok' : 'degraded',
+      ...(config.autoresponder ? { autoresponder: doors.autoresponder?.listening ? 'ok' : 'degraded' } : {}),
     };
     return { ready: checks.smtp === 'ok' && checks.spool === 'ok', checks };
   };
+}
 
-  try {
-    http = await startHttpServer({
-      host: config.observability.metricsHost,
-      port: config.observability.metricsPort,
-      registry,
-      readiness,
-      logger,
-    });
-    dispatcher.start();
-    notifier?.start();
-    control = await QueueControlServer.start({
-      spoolDir: config.spool.dir,
-      logger,
-      act: async (action) => {
-        const result = await spool.act(action);
-        if (result.changed.length) dispatcher.wake();
-        return result;
-      },
-    });
-    smtp = createSmtpListener({
-      config: config.ingress,
-      spool: wakingSpool(spool, () => dispatcher.wake()),
-      authenticator,
-      policy,
-      rejectSuppressed: config.policy.useBlocklist && config.policy.action === 'reject',
-      logger,
-    });
-    await smtp.listen();
-    autoresponder = await startAutoresponderFrontDoor(config, options, {
-      spool,
-      policy,
-      wake: () => dispatcher.wake(),
-    });
-  } catch (err) {
-    await control?.close().catch(() => {});
-    await smtp?.close(0).catch(() => {});
-    await dispatcher.stop(0).catch(() => {});
-    await notifier?.stop().catch(() => {});
-    await http?.close().catch(() => {});
-    await transport.close().catch(() => {});
-    plan.autoRate?.stop();
-    plan.account?.stop();
-    await admission.stop().catch(() => {});
-    await policy.close().catch(() => {});
-    await spool.close().catch(() => {});
-    throw err;
-  }
+/** Start serving: metrics and health, delivery, the control socket, then the listeners. Fills `doors`. */
+async function openDoors(
+  config: Config,
+  options: RelayOptions,
+  parts: DeliveryParts,
+  doors: Doors,
+  readiness: () => Promise<ReadinessReport>,
+): Promise<void> {
+  const { logger } = options;
+  const { spool, dispatcher } = parts;
+  doors.http = await startHttpServer({
+    host: config.observability.metricsHost,
+    port: config.observability.metricsPort,
+    registry,
+    readiness,
+    logger,
+  });
+  dispatcher.start();
+  parts.notifier?.start();
+  doors.control = await QueueControlServer.start({
+    spoolDir: config.spool.dir,
+    logger,
+    act: async (action) => {
+      const result = await spool.act(action);
+      if (result.changed.length) dispatcher.wake();
+      return result;
+    },
+  });
+  doors.smtp = createSmtpListener({
+    config: config.ingress,
+    spool: wakingSpool(spool, () => dispatcher.wake()),
+    authenticator: parts.authenticator,
+    policy: parts.policy,
+    rejectSuppressed: config.policy.useBlocklist && config.policy.action === 'reject',
+    logger,
+  });
+  await doors.smtp.listen();
+  doors.autoresponder = await startAutoresponderFrontDoor(config, options, {
+    spool,
+    policy: parts.policy,
+    wake: () => dispatcher.wake(),
+  });
+}
 
-  const smtpAddress = smtp.address();
-  const metricsAddress = http.address();
+/**
+ * Close in stop order. `graceMs` bounds the listeners' and delivery's drain (0 after a failed start).
+ * Every failure is logged and the rest still closes; with `strict`, a failing spool close rejects.
+ * Resolves with the messages left in the spool.
+ */
+async function closeAll(
+  parts: DeliveryParts,
+  doors: Doors,
+  graceMs: number,
+  logger: Logger,
+  strict: boolean,
+): Promise<number> {
+  const quietly = (what: string, p: Promise<unknown> | undefined) =>
+    p?.catch((err: unknown) => logger.warn({ err }, `${what} failed`));
+  await quietly('queue control close', doors.control?.close());
+  await Promise.all([
+    quietly('SMTP listener close', doors.smtp?.close(graceMs)),
+    quietly('autoresponder stop', doors.autoresponder?.stop(graceMs)),
+    quietly('delivery stop', parts.dispatcher.stop(graceMs)),
+  ]);
+  await quietly('notifier stop', parts.notifier?.stop());
+  await quietly('transport close', parts.transport.close());
+  parts.plan.autoRate?.stop();
+  parts.plan.account?.stop();
+  await quietly('limiter stop', parts.admission.stop());
+  await quietly('policy close', parts.policy.close());
+  const left = parts.spool.counts().pending;
+  await (strict ? parts.spool.close() : quietly('spool close', parts.spool.close()));
+  await quietly('metrics server close', doors.http?.close());
+  return left;
+}
+
+function logReady(config: Config, parts: DeliveryParts, doors: Doors, logger: Logger): void {
+  const at = (a: AddressInfo | undefined) => a && `${a.address}:${a.port}`;
   logger.info(
     {
       event: 'relay:ready',
-      smtp: `${smtpAddress.address}:${smtpAddress.port}`,
-      metrics: `${metricsAddress.address}:${metricsAddress.port}`,
-      autoresponder: autoresponder
-        ? `${autoresponder.address().address}:${autoresponder.address().port}`
-        : undefined,
-      upstream: transport.name,
-      rate: plan.rate,
-      burst: plan.burst,
-      rateSource: plan.account ? 'ses' : 'config',
+      smtp: at(doors.smtp?.address()),
+      metrics: at(doors.http?.address()),
+      autoresponder: at(doors.autoresponder?.address()),
+      upstream: parts.transport.name,
+      rate: parts.plan.rate,
+      burst: parts.plan.burst,
+      rateSource: parts.plan.account ? 'ses' : 'config',
       limiter: config.limiter.redisUrl ? 'redis' : 'local',
-      queued: spool.counts().pending,
-      notifications: n ? n.bounceFrom : 'off',
-      queueControl: control?.path,
+      queued: parts.spool.counts().pending,
+      notifications: config.notifications ? config.notifications.bounceFrom : 'off',
+      queueControl: doors.control?.path,
     },
     'ses-email-service ready',
   );
+}
+
+export async function startRelay(config: Config, options: RelayOptions): Promise<Relay> {
+  const { logger } = options;
+  const parts = await buildDelivery(config, options);
+  const doors: Doors = {};
+  const readiness = readinessOf(config, parts, doors);
+  try {
+    await openDoors(config, options, parts, doors, readiness);
+  } catch (err) {
+    await closeAll(parts, doors, 0, logger, false);
+    throw err;
+  }
+  const smtpAddress = doors.smtp!.address();
+  const metricsAddress = doors.http!.address();
+  logReady(config, parts, doors, logger);
 
   let stopping: Promise<void> | undefined;
   const stop = () => {
     stopping ??= (async () => {
       const grace = config.egress.shutdownTimeoutMs;
       logger.info({ event: 'relay:stopping', graceMs: grace }, 'stopping: refusing new sessions, draining');
-      await control?.close().catch((err) => logger.warn({ err }, 'queue control close failed'));
-      await Promise.all([smtp!.close(grace), autoresponder?.stop(grace), dispatcher.stop(grace)]);
-      await notifier?.stop();
-      await transport.close().catch((err) => logger.warn({ err }, 'transport close failed'));
-      plan.autoRate?.stop();
-      plan.account?.stop();
-      await admission.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
-      await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
-      const left = spool.counts();
-      await spool.close();
-      await http!.close();
-      logger.info(
-        { event: 'relay:stopped', queued: left.pending },
-        'stopped; queued mail stays in the spool',
-      );
+      const left = await closeAll(parts, doors, grace, logger, true);
+      logger.info({ event: 'relay:stopped', queued: left }, 'stopped; queued mail stays in the spool');
     })();
     return stopping;
   };
@@ -385,7 +309,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     config,
     smtpAddress: () => smtpAddress,
     metricsAddress: () => metricsAddress,
-    autoresponderAddress: () => autoresponder?.address(),
+    autoresponderAddress: () => doors.autoresponder?.address(),
     readiness,
     stop,
   };
