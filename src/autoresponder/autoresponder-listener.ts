@@ -15,7 +15,12 @@
 import { listenSmtp } from '../ingress/listen';
 import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
-import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import {
+  SMTPServer,
+  type SMTPServerDataStream,
+  type SMTPServerOptions,
+  type SMTPServerSession,
+} from 'smtp-server';
 import type { IngressConfig } from '../config';
 import { checkAddress } from '../ingress/address-syntax';
 import type { Logger } from '../observability/logger';
@@ -81,15 +86,76 @@ function replyText(key: ReplyKey, detail: string): string {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
-export function createAutoresponderListener(options: AutoresponderListenerOptions): AutoresponderListener {
-  const { ingress } = options;
-  const log = options.logger.child({ component: 'autoresponder' });
-  const starttls = !!ingress.tls;
-  let closing = false;
-  let closePromise: Promise<void> | undefined;
-  const inData = new Set<Promise<unknown>>();
+/** Why RCPT TO is refused, or undefined for a configured address (RFC 5321 section 3.6.2: no relaying). */
+function recipientRefusal(
+  address: string,
+  session: SMTPServerSession,
+  maxRecipients: number,
+  book: AddressBook,
+): ReplyKey | undefined {
+  const check = checkAddress(address, 'recipient');
+  const key = check.ok ? addressKey(check.address) : undefined;
+  if (!key) return 'badRecipientSyntax';
+  if (session.envelope.rcptTo.length >= maxRecipients) return 'tooManyRecipients';
+  if (book.has(key)) return undefined;
+  const domain = key.slice(key.lastIndexOf('@') + 1);
+  return book.hasDomain(domain) ? 'autoresponderUnknownAddress' : 'autoresponderRelayDenied';
+}
 
-  const smtp = new SMTPServer({
+/** DATA of one request: keep the header block, count the rest (and feed DKIM), then ask the handler. */
+async function receiveRequest(
+  stream: SMTPServerDataStream,
+  session: SMTPServerSession,
+  options: AutoresponderListenerOptions,
+  log: Logger,
+): Promise<{ err: Error | null; message?: string }> {
+  const collector = new HeaderBlockCollector();
+  const dkimInput = options.requireDkim ? new PassThrough() : undefined;
+  const dkim = dkimInput ? verifyDkim(dkimInput, options.dnsResolver) : undefined;
+  dkim?.catch(() => undefined); // awaited by the handler, or dropped for a message that is too big
+  stream.on('data', (chunk: Buffer) => {
+    if (stream.sizeExceeded) return;
+    collector.push(chunk);
+    dkimInput?.write(chunk);
+  });
+  const received = await new Promise<boolean>((resolve) => {
+    stream.once('end', () => resolve(true));
+    // The client went away mid-DATA (smtp-server destroys the stream): nothing to answer, nothing kept.
+    stream.once('error', () => resolve(false));
+    stream.once('close', () => resolve(stream.readableEnded));
+  });
+  if (!received) {
+    dkimInput?.destroy();
+    log.debug(
+      { event: 'autoresponder:client-gone', client: session.remoteAddress },
+      'connection closed during DATA',
+    );
+    return { err: reject('autoresponderUnavailable') };
+  }
+  dkimInput?.end();
+  if (stream.sizeExceeded) return { err: reject('messageTooBig') };
+  const { block, complete } = collector.result();
+  const addresses = [
+    ...new Set(session.envelope.rcptTo.map((r) => addressKey(r.address)).filter((k) => k !== undefined)),
+  ];
+  const from = session.envelope.mailFrom;
+  const outcome = await options.handle({
+    envelopeSender: from ? from.address : '',
+    addresses,
+    client: session.remoteAddress,
+    helo: session.hostNameAppearsAs || undefined,
+    parsed: await parseRequestHeaders(block, complete),
+    dkim,
+  });
+  if (outcome.reply === 'accepted')
+    return { err: null, message: replyText('autoresponderReceived', outcome.requestId) };
+  return { err: reject(outcome.reply === 'storage' ? 'spoolUnavailable' : 'autoresponderUnavailable') };
+}
+
+/** The listener's fixed smtp-server settings: no AUTH, STARTTLS with the relay's certificate if any. */
+function serverSettings(ingress: IngressConfig): SMTPServerOptions {
+  const starttls = !!ingress.tls;
+  return {
     name: ingress.serverName,
     banner: AUTORESPONDER_BANNER,
     secure: false,
@@ -106,6 +172,19 @@ export function createAutoresponderListener(options: AutoresponderListenerOption
     socketTimeout: ingress.socketTimeoutMs,
     closeTimeout: 250,
     logger: false,
+  };
+}
+
+export function createAutoresponderListener(options: AutoresponderListenerOptions): AutoresponderListener {
+  const { ingress } = options;
+  const log = options.logger.child({ component: 'autoresponder' });
+  const starttls = !!ingress.tls;
+  let closing = false;
+  let closePromise: Promise<void> | undefined;
+  const inData = new Set<Promise<unknown>>();
+
+  const smtp = new SMTPServer({
+    ...serverSettings(ingress),
     onConnect(_session, callback) {
       callback(closing ? reject('shuttingDown') : undefined);
     },
@@ -116,18 +195,11 @@ export function createAutoresponderListener(options: AutoresponderListenerOption
     },
     onRcptTo(address, session, callback) {
       if (closing) return callback(reject('shuttingDown'));
-      const check = checkAddress(address.address, 'recipient');
-      const key = check.ok ? addressKey(check.address) : undefined;
-      if (!key) return callback(reject('badRecipientSyntax'));
-      if (session.envelope.rcptTo.length >= ingress.maxRecipients)
-        return callback(reject('tooManyRecipients'));
-      const book = options.addresses();
-      if (book.has(key)) return callback();
-      const domain = key.slice(key.lastIndexOf('@') + 1);
-      callback(reject(book.hasDomain(domain) ? 'autoresponderUnknownAddress' : 'autoresponderRelayDenied'));
+      const refusal = recipientRefusal(address.address, session, ingress.maxRecipients, options.addresses());
+      callback(refusal && reject(refusal));
     },
     onData(stream, session, callback) {
-      const done = receive(stream, session).then(
+      const done = receiveRequest(stream, session, options, log).then(
         (r) => callback(r.err, r.message),
         (err: unknown) => {
           log.error({ event: 'autoresponder:error', err }, 'request handling failed unexpectedly');
@@ -144,57 +216,6 @@ export function createAutoresponderListener(options: AutoresponderListenerOption
       'SMTP connection error',
     );
   });
-
-  async function receive(
-    stream: SMTPServerDataStream,
-    session: SMTPServerSession,
-  ): Promise<{ err: Error | null; message?: string }> {
-    const collector = new HeaderBlockCollector();
-    const dkimInput = options.requireDkim ? new PassThrough() : undefined;
-    const dkim = dkimInput ? verifyDkim(dkimInput, options.dnsResolver) : undefined;
-    dkim?.catch(() => undefined); // awaited by the handler, or dropped for a message that is too big
-    stream.on('data', (chunk: Buffer) => {
-      if (stream.sizeExceeded) return;
-      collector.push(chunk);
-      dkimInput?.write(chunk);
-    });
-    const received = await new Promise<boolean>((resolve) => {
-      stream.once('end', () => resolve(true));
-      // The client went away mid-DATA (smtp-server destroys the stream): nothing to answer, nothing kept.
-      stream.once('error', () => resolve(false));
-      stream.once('close', () => resolve(stream.readableEnded));
-    });
-    if (!received) {
-      dkimInput?.destroy();
-      log.debug(
-        { event: 'autoresponder:client-gone', client: session.remoteAddress },
-        'connection closed during DATA',
-      );
-      return { err: reject('autoresponderUnavailable') };
-    }
-    dkimInput?.end();
-    if (stream.sizeExceeded) return { err: reject('messageTooBig') };
-    const { block, complete } = collector.result();
-    const seen = new Set<string>();
-    const addresses: string[] = [];
-    for (const r of session.envelope.rcptTo) {
-      const key = addressKey(r.address);
-      if (key && !seen.has(key)) addresses.push(key);
-      if (key) seen.add(key);
-    }
-    const from = session.envelope.mailFrom;
-    const outcome = await options.handle({
-      envelopeSender: from ? from.address : '',
-      addresses,
-      client: session.remoteAddress,
-      helo: session.hostNameAppearsAs || undefined,
-      parsed: await parseRequestHeaders(block, complete),
-      dkim,
-    });
-    if (outcome.reply === 'accepted')
-      return { err: null, message: replyText('autoresponderReceived', outcome.requestId) };
-    return { err: reject(outcome.reply === 'storage' ? 'spoolUnavailable' : 'autoresponderUnavailable') };
-  }
 
   return {
     async listen() {
