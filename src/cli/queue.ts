@@ -193,6 +193,76 @@ async function pipeBody(inspector: SpoolInspector, id: string, out: NodeJS.Writa
   return true;
 }
 
+/** The read-only commands' arguments, checked (UsageError otherwise). */
+function checkInspectArgs(parsed: Parsed): void {
+  if (!['summary', 'list', 'show', 'body'].includes(parsed.command)) {
+    throw new UsageError(parsed.command ? `unknown command "${parsed.command}"` : 'a command is needed');
+  }
+  const max = parsed.command === 'summary' ? 0 : 1;
+  if (parsed.positional.length > max) throw new UsageError(`too many arguments for ${parsed.command}`);
+  if ((parsed.command === 'show' || parsed.command === 'body') && parsed.positional.length !== 1) {
+    throw new UsageError(`${parsed.command} needs a QUEUE-ID`);
+  }
+  const filter = parsed.positional[0];
+  if (parsed.command === 'list' && filter !== undefined && !isState(filter)) {
+    throw new UsageError(
+      `list takes ${STORED_MESSAGE_STATES.join(', ')} (or nothing: every message still to be delivered), not "${filter}"`,
+    );
+  }
+}
+
+/** The spool of SPOOL_DIR opened read-only, or the exit code after saying why it cannot be. */
+function openInspector(io: QueueCliIo): SpoolInspector | number {
+  try {
+    return SpoolInspector.open(loadConfig(io.env).spool.dir);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      write(io.stderr, [`queue: configuration error: ${err.message}`]);
+      return 2;
+    }
+    if (err instanceof SpoolUnreadableError) {
+      write(io.stderr, [`queue: ${err.message}`]);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+/** One read-only command on an open spool; resolves with the exit code. */
+async function inspect(inspector: SpoolInspector, parsed: Parsed, io: QueueCliIo): Promise<number> {
+  const now = io.now ?? Date.now();
+  const id = parsed.positional[0];
+  switch (parsed.command) {
+    case 'summary': {
+      const summary = inspector.summary(now);
+      write(io.stdout, parsed.json ? [JSON.stringify(summary)] : formatSummary(summary));
+      return 0;
+    }
+    case 'list': {
+      const state = id as StoredMessageState | undefined;
+      const entries = inspector.list({ state, limit: parsed.limit ?? 100 });
+      write(io.stdout, parsed.json ? [JSON.stringify(entries)] : formatList(entries, state, now));
+      return 0;
+    }
+    case 'show': {
+      const detail = inspector.show(id);
+      if (!detail) {
+        write(io.stderr, [`queue: no message ${id} in the spool`]);
+        return 1;
+      }
+      write(io.stdout, parsed.json ? [JSON.stringify(detail)] : formatShow(detail));
+      return 0;
+    }
+    default: {
+      if (!(await pipeBody(inspector, id, io.stdout))) {
+        write(io.stderr, [`queue: no message ${id} in the spool`]);
+        return 1;
+      }
+      return 0;
+    }
+  }
+}
+
 /** Run one command; resolves with the exit code. */
 export async function runQueueCli(args: string[], io: QueueCliIo): Promise<number> {
   const command = args.find((a) => !a.startsWith('-'));
@@ -210,72 +280,17 @@ export async function runQueueCli(args: string[], io: QueueCliIo): Promise<numbe
       write(io.stdout, [USAGE]);
       return 0;
     }
-    if (!['summary', 'list', 'show', 'body'].includes(parsed.command)) {
-      throw new UsageError(parsed.command ? `unknown command "${parsed.command}"` : 'a command is needed');
-    }
-    const max = parsed.command === 'summary' ? 0 : 1;
-    if (parsed.positional.length > max) throw new UsageError(`too many arguments for ${parsed.command}`);
-    if ((parsed.command === 'show' || parsed.command === 'body') && parsed.positional.length !== 1) {
-      throw new UsageError(`${parsed.command} needs a QUEUE-ID`);
-    }
-    const filter = parsed.positional[0];
-    if (parsed.command === 'list' && filter !== undefined && !isState(filter)) {
-      throw new UsageError(
-        `list takes ${STORED_MESSAGE_STATES.join(', ')} (or nothing: every message still to be delivered), not "${filter}"`,
-      );
-    }
+    checkInspectArgs(parsed);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     write(io.stderr, [`queue: ${err.message}`, USAGE]);
     return 1;
   }
 
-  let inspector: SpoolInspector;
+  const inspector = openInspector(io);
+  if (typeof inspector === 'number') return inspector;
   try {
-    inspector = SpoolInspector.open(loadConfig(io.env).spool.dir);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      write(io.stderr, [`queue: configuration error: ${err.message}`]);
-      return 2;
-    }
-    if (err instanceof SpoolUnreadableError) {
-      write(io.stderr, [`queue: ${err.message}`]);
-      return 2;
-    }
-    throw err;
-  }
-
-  const now = io.now ?? Date.now();
-  try {
-    switch (parsed.command) {
-      case 'summary': {
-        const summary = inspector.summary(now);
-        write(io.stdout, parsed.json ? [JSON.stringify(summary)] : formatSummary(summary));
-        return 0;
-      }
-      case 'list': {
-        const state = parsed.positional[0] as StoredMessageState | undefined;
-        const entries = inspector.list({ state, limit: parsed.limit ?? 100 });
-        write(io.stdout, parsed.json ? [JSON.stringify(entries)] : formatList(entries, state, now));
-        return 0;
-      }
-      case 'show': {
-        const detail = inspector.show(parsed.positional[0]);
-        if (!detail) {
-          write(io.stderr, [`queue: no message ${parsed.positional[0]} in the spool`]);
-          return 1;
-        }
-        write(io.stdout, parsed.json ? [JSON.stringify(detail)] : formatShow(detail));
-        return 0;
-      }
-      default: {
-        if (!(await pipeBody(inspector, parsed.positional[0], io.stdout))) {
-          write(io.stderr, [`queue: no message ${parsed.positional[0]} in the spool`]);
-          return 1;
-        }
-        return 0;
-      }
-    }
+    return await inspect(inspector, parsed, io);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     // A message finished (and its body file removed) between the lookup and the read.
