@@ -49,88 +49,112 @@ function describe(err: unknown): string {
   return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
 }
 
+/** What one event's records came to: the counts, the records skipped as malformed, the failed writes. */
+interface EventOutcome {
+  summary: HandlerSummary;
+  malformed: string[];
+  failures: SuppressionWriteError['failures'];
+}
+
+type Log = NonNullable<HandlerDeps['log']>;
+
+/** One SNS record: classify the SES notification, write its suppressions, count what happened. */
+async function processRecord(
+  record: SNSEventRecord,
+  deps: HandlerDeps,
+  log: Log,
+  now: () => Date,
+  out: EventOutcome,
+): Promise<void> {
+  const { summary } = out;
+  summary.records++;
+  const snsMessageId = String(record?.Sns?.MessageId ?? 'unknown');
+  let classification;
+  try {
+    classification = classifyNotification(String(record?.Sns?.Message ?? ''), snsMessageId, now());
+  } catch (err) {
+    if (!(err instanceof MalformedNotificationError)) throw err;
+    summary.malformed++;
+    out.malformed.push(`${snsMessageId}: ${err.message}`);
+    log.warn('malformed SES notification skipped', { snsMessageId, problem: err.message });
+    return;
+  }
+
+  if (classification.action === 'ignore') {
+    summary.ignored++;
+    log.info('SES notification does not suppress', {
+      snsMessageId,
+      type: classification.type,
+      detail: classification.detail,
+      recipients: classification.recipients.length,
+    });
+    return;
+  }
+
+  const results = await Promise.allSettled(
+    classification.entries.map((entry) => writeSuppression(deps.client, deps.table, entry)),
+  );
+  results.forEach((result, i) => {
+    const entry = classification.entries[i];
+    if (result.status === 'fulfilled') {
+      if (result.value === 'written') summary.suppressed++;
+      else summary.duplicates++;
+      log.info(result.value === 'written' ? 'address suppressed' : 'already recorded (redelivery)', {
+        snsMessageId,
+        email: entry.email,
+        reason: entry.reason,
+        bounceType: entry.bounceType,
+        bounceSubType: entry.bounceSubType,
+        complaintFeedbackType: entry.complaintFeedbackType,
+        feedbackId: entry.feedbackId,
+      });
+    } else {
+      out.failures.push({ snsMessageId, email: entry.email, error: describe(result.reason) });
+    }
+  });
+}
+
+/** Failed writes or malformed records: an error log and (best effort) the alert mail. */
+async function reportProblems(deps: HandlerDeps, log: Log, out: EventOutcome): Promise<void> {
+  const { summary, failures, malformed } = out;
+  if (failures.length === 0 && malformed.length === 0) return;
+  const lines = [
+    `Table: ${deps.table}`,
+    `Records: ${summary.records}, suppressed: ${summary.suppressed}, duplicates: ${summary.duplicates}, ignored: ${summary.ignored}, malformed: ${summary.malformed}`,
+    ...failures.map((f) => `Write failed (SNS ${f.snsMessageId}) for ${f.email}: ${f.error}`),
+    ...malformed.map((m) => `Malformed record skipped: ${m}`),
+    failures.length > 0 ? 'The event will be retried by Lambda.' : '',
+  ];
+  if (failures.length > 0) log.error('suppression writes failed', { failures, summary });
+  if (!deps.alert) return;
+  try {
+    await sendAlert(
+      deps.alert,
+      failures.length > 0
+        ? `ses-email-service: ${failures.length} suppression write(s) failed`
+        : `ses-email-service: ${malformed.length} malformed SES notification(s) skipped`,
+      lines.filter(Boolean).join('\n'),
+    );
+  } catch (err) {
+    // The alert is best effort: it must never hide the original failure (or invent one).
+    log.error('alert email could not be sent', { error: describe(err) });
+  }
+}
+
 export function createHandler(deps: HandlerDeps): (event: SNSEvent) => Promise<HandlerSummary> {
   const log = deps.log ?? consoleLogger;
   const now = deps.now ?? (() => new Date());
 
   return async (event: SNSEvent) => {
-    const summary: HandlerSummary = { records: 0, suppressed: 0, duplicates: 0, ignored: 0, malformed: 0 };
-    const malformed: string[] = [];
-    const failures: SuppressionWriteError['failures'] = [];
+    const out: EventOutcome = {
+      summary: { records: 0, suppressed: 0, duplicates: 0, ignored: 0, malformed: 0 },
+      malformed: [],
+      failures: [],
+    };
     const records: SNSEventRecord[] = Array.isArray(event?.Records) ? event.Records : [];
-
-    for (const record of records) {
-      summary.records++;
-      const snsMessageId = String(record?.Sns?.MessageId ?? 'unknown');
-      let classification;
-      try {
-        classification = classifyNotification(String(record?.Sns?.Message ?? ''), snsMessageId, now());
-      } catch (err) {
-        if (!(err instanceof MalformedNotificationError)) throw err;
-        summary.malformed++;
-        malformed.push(`${snsMessageId}: ${err.message}`);
-        log.warn('malformed SES notification skipped', { snsMessageId, problem: err.message });
-        continue;
-      }
-
-      if (classification.action === 'ignore') {
-        summary.ignored++;
-        log.info('SES notification does not suppress', {
-          snsMessageId,
-          type: classification.type,
-          detail: classification.detail,
-          recipients: classification.recipients.length,
-        });
-        continue;
-      }
-
-      const results = await Promise.allSettled(
-        classification.entries.map((entry) => writeSuppression(deps.client, deps.table, entry)),
-      );
-      results.forEach((result, i) => {
-        const entry = classification.entries[i];
-        if (result.status === 'fulfilled') {
-          if (result.value === 'written') summary.suppressed++;
-          else summary.duplicates++;
-          log.info(result.value === 'written' ? 'address suppressed' : 'already recorded (redelivery)', {
-            snsMessageId,
-            email: entry.email,
-            reason: entry.reason,
-            bounceType: entry.bounceType,
-            bounceSubType: entry.bounceSubType,
-            complaintFeedbackType: entry.complaintFeedbackType,
-            feedbackId: entry.feedbackId,
-          });
-        } else {
-          failures.push({ snsMessageId, email: entry.email, error: describe(result.reason) });
-        }
-      });
-    }
-
-    if (failures.length > 0 || malformed.length > 0) {
-      const lines = [
-        `Table: ${deps.table}`,
-        `Records: ${summary.records}, suppressed: ${summary.suppressed}, duplicates: ${summary.duplicates}, ignored: ${summary.ignored}, malformed: ${summary.malformed}`,
-        ...failures.map((f) => `Write failed (SNS ${f.snsMessageId}) for ${f.email}: ${f.error}`),
-        ...malformed.map((m) => `Malformed record skipped: ${m}`),
-        failures.length > 0 ? 'The event will be retried by Lambda.' : '',
-      ];
-      if (failures.length > 0) log.error('suppression writes failed', { failures, summary });
-      if (deps.alert) {
-        try {
-          await sendAlert(
-            deps.alert,
-            failures.length > 0
-              ? `ses-email-service: ${failures.length} suppression write(s) failed`
-              : `ses-email-service: ${malformed.length} malformed SES notification(s) skipped`,
-            lines.filter(Boolean).join('\n'),
-          );
-        } catch (err) {
-          // The alert is best effort: it must never hide the original failure (or invent one).
-          log.error('alert email could not be sent', { error: describe(err) });
-        }
-      }
-    }
+    for (const record of records) await processRecord(record, deps, log, now, out);
+    await reportProblems(deps, log, out);
+    const { failures, summary } = out;
     if (failures.length > 0) {
       throw new SuppressionWriteError(
         `${failures.length} suppression write(s) failed; first: ${failures[0].error}`,
