@@ -10,6 +10,7 @@ import { domainToASCII } from 'node:url';
 import ipaddr from 'ipaddr.js';
 import ms from 'ms';
 import { bool, cleanEnv, makeValidator, port, str, EnvError, EnvMissingError } from 'envalid';
+import { parseUserPolicyFile, UserPolicyFileError, type TenantPolicy } from './auth/tenant-policy';
 
 export class ConfigError extends Error {
   constructor(
@@ -25,6 +26,8 @@ export class ConfigError extends Error {
 export interface SmtpUser {
   username: string;
   bcryptHash: string;
+  /** The user's tenant policy from SMTP_USER_POLICY_FILE (absent: priority normal, no limits). */
+  policy?: TenantPolicy;
 }
 
 export interface IngressConfig {
@@ -348,6 +351,7 @@ const specs = {
   SSL_CERT_PATH: str({ default: '' }),
   SSL_KEY_PATH: str({ default: '' }),
   SMTP_USERS: userList({ default: [] }),
+  SMTP_USER_POLICY_FILE: str({ default: '' }),
   SMTP_TRUSTED_NETWORKS: cidrList({ default: undefined }),
   SMTP_ALLOW_INSECURE_AUTH: bool({ default: false }),
   SMTP_AUTH_MAX_FAILURES: positiveInt({ default: 5 }),
@@ -499,6 +503,28 @@ function autoresponderSource(value: string): AutoresponderSource {
   const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(value);
   if (!m) throw new ConfigError('AUTORESPONDER_CONFIG', 'must be a file path or s3://bucket/key');
   return { kind: 's3', bucket: m[1], key: m[2] };
+}
+
+/** SMTP_USERS with their policies from SMTP_USER_POLICY_FILE (src/auth/tenant-policy.ts validates it). */
+function withUserPolicies(users: SmtpUser[], file: string): SmtpUser[] {
+  if (!file) return users;
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new ConfigError('SMTP_USER_POLICY_FILE', `cannot read ${file}: ${code}`);
+  }
+  try {
+    const policies = parseUserPolicyFile(
+      text,
+      users.map((u) => u.username),
+    );
+    return users.map((u) => (policies.has(u.username) ? { ...u, policy: policies.get(u.username) } : u));
+  } catch (err) {
+    if (err instanceof UserPolicyFileError) throw new ConfigError('SMTP_USER_POLICY_FILE', err.message);
+    throw err;
+  }
 }
 
 type CleanEnv = ReturnType<typeof cleanEnv<typeof specs>>;
@@ -682,7 +708,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       serverName,
       implicitTls: e.ENABLE_SSL,
       tls,
-      users: e.SMTP_USERS,
+      users: withUserPolicies(e.SMTP_USERS, e.SMTP_USER_POLICY_FILE),
       trustedNetworks:
         e.SMTP_TRUSTED_NETWORKS ?? (e.SMTP_USERS.length || e.USE_APIKEY ? [] : DEFAULT_TRUSTED_NETWORKS),
       trustedNetworksExplicit: e.SMTP_TRUSTED_NETWORKS !== undefined,

@@ -14,6 +14,7 @@ import { authenticatorChain } from './auth/authenticator-chain';
 import { StaticUserAuthenticator } from './auth/static-users';
 import type { RecipientPolicy } from './policy/policy';
 import { createDynamoPolicy } from './policy/policy-factory';
+import { createTenantQuota } from './policy/tenant-quota';
 import type { Transport } from './egress/transport/transport';
 import { SesSmtpTransport } from './egress/transport/ses-smtp-transport';
 import { SesApiTransport } from './egress/transport/ses-api-transport';
@@ -231,6 +232,12 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     );
   }
   const { policy, authenticator } = buildPolicy(config, logger);
+  // Tenants' daily quotas: shared by the replicas of one LIMITER_ID with REDIS_URL, in memory otherwise.
+  const quota = createTenantQuota({
+    redisUrl: config.limiter.redisUrl,
+    limiterId: config.limiter.limiterId,
+    logger,
+  });
   const plan = await planRate(config, logger);
   const admission = await buildAdmission(config, logger, plan);
   plan.autoRate?.attach(admission);
@@ -313,6 +320,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       policy,
       rejectSuppressed: config.policy.useBlocklist && config.policy.action === 'reject',
       logger,
+      quota,
     });
     await smtp.listen();
     autoresponder = await startAutoresponderFrontDoor(config, options, {
@@ -331,6 +339,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
     plan.account?.stop();
     await admission.stop().catch(() => {});
     await policy.close().catch(() => {});
+    await quota.close().catch(() => {});
     await spool.close().catch(() => {});
     throw err;
   }
@@ -370,6 +379,7 @@ export async function startRelay(config: Config, options: RelayOptions): Promise
       plan.account?.stop();
       await admission.stop().catch((err) => logger.warn({ err }, 'limiter stop failed'));
       await policy.close().catch((err) => logger.warn({ err }, 'policy close failed'));
+      await quota.close().catch((err) => logger.warn({ err }, 'tenant quota close failed'));
       const left = spool.counts();
       await spool.close();
       await http!.close();
