@@ -16,6 +16,7 @@ import { SqliteSpool } from './spool/sqlite-spool';
 import { createSmtpListener, type SmtpListener } from './ingress/smtp-listener';
 import type { Authenticator } from './auth/authenticator';
 import type { RecipientPolicy } from './policy/policy';
+import { createTenantQuota, type TenantQuota } from './policy/tenant-quota';
 import type { Transport } from './egress/transport/transport';
 import type { RateAdmission } from './egress/rate/admission';
 import { Dispatcher } from './egress/dispatcher';
@@ -74,6 +75,8 @@ interface DeliveryParts {
   spool: SqliteSpool;
   policy: RecipientPolicy;
   authenticator?: Authenticator;
+  /** Tenants' daily quotas: shared by the replicas of one LIMITER_ID with REDIS_URL, in memory otherwise. */
+  quota: TenantQuota;
   plan: RatePlan;
   admission: RateAdmission;
   transport: Transport;
@@ -140,6 +143,11 @@ async function buildDelivery(config: Config, options: RelayOptions): Promise<Del
   const spool = await openSpool(config, logger, () => late.notifier?.poke());
   warnAboutSetup(config, spool, logger);
   const { policy, authenticator } = buildPolicy(config, logger);
+  const quota = createTenantQuota({
+    redisUrl: config.limiter.redisUrl,
+    limiterId: config.limiter.limiterId,
+    logger,
+  });
   const plan = await planRate(config, logger);
   const admission = await buildAdmission(config, logger, plan);
   plan.autoRate?.attach(admission);
@@ -160,7 +168,17 @@ async function buildDelivery(config: Config, options: RelayOptions): Promise<Del
     logger,
   });
   late.notifier = buildNotifier(config, spool, logger, () => dispatcher.wake());
-  return { spool, policy, authenticator, plan, admission, transport, dispatcher, notifier: late.notifier };
+  return {
+    spool,
+    policy,
+    authenticator,
+    quota,
+    plan,
+    admission,
+    transport,
+    dispatcher,
+    notifier: late.notifier,
+  };
 }
 
 /** /readyz: ready while the listener listens and the spool takes writes; the rest reports degradation. */
@@ -217,6 +235,7 @@ async function openDoors(
     policy: parts.policy,
     rejectSuppressed: config.policy.useBlocklist && config.policy.action === 'reject',
     logger,
+    quota: parts.quota,
   });
   await doors.smtp.listen();
   doors.autoresponder = await startAutoresponderFrontDoor(config, options, {
@@ -252,6 +271,7 @@ async function closeAll(
   parts.plan.account?.stop();
   await quietly('limiter stop', parts.admission.stop());
   await quietly('policy close', parts.policy.close());
+  await quietly('tenant quota close', parts.quota.close());
   const left = parts.spool.counts().pending;
   await (strict ? parts.spool.close() : quietly('spool close', parts.spool.close()));
   await quietly('metrics server close', doors.http?.close());

@@ -53,7 +53,22 @@ export const REPLIES = {
     code: 454,
     enhanced: '4.7.0',
     text: 'Temporary authentication failure, try again later',
-    meaning: 'The API key table could not be consulted; nothing is wrong with the credentials yet.',
+    meaning:
+      "The API key table could not be consulted, or the key's table item has a malformed policy attribute (a warning names the key and attribute); nothing is wrong with the credentials yet.",
+  },
+  dailyQuotaExceeded: {
+    code: 451,
+    enhanced: '4.7.1',
+    text: 'Daily recipient quota of this sender exceeded, try again later',
+    meaning:
+      "The API key's or SMTP user's daily_quota (recipients per UTC day) is spent: at MAIL FROM when nothing is left, at RCPT TO when this recipient would go over it (the ones accepted before may be sent).",
+  },
+  quotaUnavailable: {
+    code: 451,
+    enhanced: '4.3.0',
+    text: 'Sending quota temporarily unavailable, try again later',
+    meaning:
+      'The sender has a daily_quota and its shared count (Redis, REDIS_URL) could not be read; nothing was accepted.',
   },
   policyUnavailable: {
     code: 451,

@@ -57,16 +57,20 @@ describe('API keys', () => {
         hash: 'h',
         enabled: true,
         allowedFromDomains: ['x.com', 'y.com'],
+        policy: { priority: 'normal' },
       },
     );
   });
 
   test('a valid key is accepted whatever the username; the user is the item name', async () => {
     const auth = make();
-    assert.deepEqual(await auth.authenticate('anything', KEY_PLAIN), { user: 'billing-service' });
-    assert.deepEqual(await auth.authenticate('', KEY_PLAIN), { user: 'billing-service' });
+    const billing = { user: 'billing-service', tenant: { name: 'billing-service', priority: 'normal' } };
+    assert.deepEqual(await auth.authenticate('anything', KEY_PLAIN), billing);
+    assert.deepEqual(await auth.authenticate('', KEY_PLAIN), billing);
+    const bare = `apikey-${hashApiKey(KEY_BARE).slice(0, 8)}`;
     assert.deepEqual(await make().authenticate('x', KEY_BARE), {
-      user: `apikey-${hashApiKey(KEY_BARE).slice(0, 8)}`,
+      user: bare,
+      tenant: { name: bare, priority: 'normal' },
     });
   });
 
@@ -82,10 +86,12 @@ describe('API keys', () => {
     assert.deepEqual(await auth.authenticate('n', KEY_DOMAINS), {
       user: 'newsletter',
       allowedFromDomains: ['example.com', 'mail.example.org'],
+      tenant: { name: 'newsletter', priority: 'normal' },
     });
     assert.deepEqual(await auth.authenticate('n', KEY_LIST), {
       user: 'list-form',
       allowedFromDomains: ['a.example', 'b.example'],
+      tenant: { name: 'list-form', priority: 'normal' },
     });
   });
 
@@ -103,7 +109,10 @@ describe('API keys', () => {
     await db.put(TABLE, { api_key_hash: { S: hashApiKey(late) }, name: { S: 'late' } });
     assert.equal(await auth.authenticate('a', late), null, 'still the cached refusal');
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(await auth.authenticate('a', late), { user: 'late' });
+    assert.deepEqual(await auth.authenticate('a', late), {
+      user: 'late',
+      tenant: { name: 'late', priority: 'normal' },
+    });
   });
 
   test('the table unreachable: AuthUnavailableError (not a refusal); works again afterwards', async () => {

@@ -354,8 +354,14 @@ describe('StaticUserAuthenticator', () => {
       { username: 'bob', bcryptHash: h.replace(/^\$2b\$/, '$2y$') },
       { username: 'carol', bcryptHash: h },
     ]);
-    assert.deepEqual(await auth.authenticate('bob', 'pw'), { user: 'bob' });
-    assert.deepEqual(await auth.authenticate('carol', 'pw'), { user: 'carol' });
+    assert.deepEqual(await auth.authenticate('bob', 'pw'), {
+      user: 'bob',
+      tenant: { name: 'bob', priority: 'normal' },
+    });
+    assert.deepEqual(await auth.authenticate('carol', 'pw'), {
+      user: 'carol',
+      tenant: { name: 'carol', priority: 'normal' },
+    });
     assert.equal(await auth.authenticate('bob', 'PW'), null);
     assert.equal(await auth.authenticate('nobody', 'pw'), null);
     assert.equal(await auth.authenticate('', ''), null);

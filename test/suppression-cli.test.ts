@@ -141,6 +141,7 @@ describe('blocklist CLI', () => {
     assert.deepEqual(await auth.authenticate('any', key), {
       user: 'newsletter',
       allowedFromDomains: ['news.example', 'b.example'],
+      tenant: { name: 'newsletter', priority: 'normal' },
     });
     assert.match(
       (await cli('apikey', 'list')).out,
@@ -153,6 +154,91 @@ describe('blocklist CLI', () => {
     assert.equal((await cli('apikey', 'remove', 'newsletter')).code, 0);
     assert.equal(await auth.authenticate('any', key), null);
     assert.equal((await cli('apikey', 'remove', 'newsletter')).code, 1);
+  });
+
+  test('apikey add and update set the tenant policy, checked as the relay reads it', async () => {
+    const added = await cli(
+      'apikey',
+      'add',
+      'billing',
+      '--rate-limit',
+      '2.5',
+      '--daily-quota',
+      '1000',
+      '--configuration-set',
+      'billing-events',
+      '--tag',
+      'app=billing',
+      '--tag',
+      'team=payments',
+      '--priority',
+      'high',
+    );
+    assert.equal(added.code, 0, added.err);
+    const key = added.out.trim();
+    const auth = new ApiKeyAuthenticator({
+      client: db.client(),
+      table: env.DYNAMODB_API_KEYS_TABLE,
+      cacheTtlMs: 0,
+      logger: silentLogger,
+    });
+    assert.deepEqual((await auth.authenticate('any', key))?.tenant, {
+      name: 'billing',
+      priority: 'high',
+      rateLimit: 2.5,
+      dailyQuota: 1000,
+      configurationSet: 'billing-events',
+      tags: { app: 'billing', team: 'payments' },
+    });
+    assert.match(
+      (await cli('apikey', 'list')).out,
+      /\tbilling\tenabled\t\tpriority=high rate_limit=2.5 daily_quota=1000 configuration_set=billing-events tags=app=billing,team=payments$/m,
+    );
+
+    const updated = await cli(
+      'apikey',
+      'update',
+      'billing',
+      '--priority',
+      'bulk',
+      '--rate-limit',
+      'none',
+      '--tag',
+      'none',
+    );
+    assert.equal(updated.code, 0, updated.err);
+    assert.match(updated.out, /updated API key billing: priority, -rate_limit, -tags/);
+    assert.deepEqual((await auth.authenticate('any', key))?.tenant, {
+      name: 'billing',
+      priority: 'bulk',
+      dailyQuota: 1000,
+      configurationSet: 'billing-events',
+    });
+
+    // Refused like the relay refuses them; nothing is written.
+    for (const [args, message] of [
+      [['--rate-limit', '-1'], /--rate-limit: must be > 0/],
+      [['--rate-limit', 'fast'], /--rate-limit: "fast" is not a number/],
+      [['--daily-quota', '1.5'], /--daily-quota: must be a whole number/],
+      [['--priority', 'urgent'], /--priority: must be one of high, normal, bulk/],
+      [['--tag', 'app=bill ing'], /--tag: only letters, digits/],
+      [['--tag', `app=${'x'.repeat(300)}`], /--tag: longer than 256/],
+      [['--tag', 'novalue'], /--tag: "novalue" is not name=value/],
+      [['--configuration-set', 'a b'], /--configuration-set: only letters/],
+    ] as const) {
+      const add = await cli('apikey', 'add', 'rejected', ...args);
+      assert.equal(add.code, 1, `add ${args.join(' ')}`);
+      assert.match(add.err, message);
+      const update = await cli('apikey', 'update', 'billing', ...args);
+      assert.equal(update.code, 1, `update ${args.join(' ')}`);
+      assert.match(update.err, message);
+    }
+    assert.doesNotMatch((await cli('apikey', 'list')).out, /rejected/);
+    assert.equal((await auth.authenticate('any', key))?.tenant?.priority, 'bulk', 'unchanged');
+    assert.match((await cli('apikey', 'add', 'x', '--priority', 'none')).err, /only with apikey update/);
+    assert.match((await cli('apikey', 'update', 'billing')).err, /needs a policy flag/);
+    assert.equal((await cli('apikey', 'update', 'no-such-key', '--priority', 'high')).code, 1);
+    assert.equal((await cli('apikey', 'remove', 'billing')).code, 0);
   });
 
   test('the script runs as `npm run blocklist` would (tsx, environment only)', async () => {

@@ -7,6 +7,19 @@
  *   enabled               BOOL  false refuses the key (optional, default true)
  *   allowed_from_domains  SS | L of S | S (comma-separated)  MAIL FROM domains this key may use (optional)
  *   created_at            S   ISO time (informational)
+ *   rate_limit            N   recipients/s this key may use at most (optional)
+ *   daily_quota           N   recipients accepted per UTC day (optional; over it 451 4.7.1)
+ *   configuration_set     S   SES configuration set of its messages (optional)
+ *   tags                  M of S | S ("k=v,k2=v2")  SES message tags of its messages (optional)
+ *   priority              S   high | normal | bulk (optional, default normal)
+ *
+ * The policy attributes are validated by src/auth/tenant-policy.ts (SES's name rules, bounds). A key whose
+ * item has a MALFORMED policy attribute is refused at AUTH with 454 4.7.0 (temporary: the operator can fix
+ * the item and the client's retry succeeds) and a warning `apikey:invalid-policy` naming the key's name (or
+ * hash prefix) and the attribute; it is never accepted with the attribute ignored, which would silently
+ * widen what the key may do (no quota, another configuration set). The answer is cached like any other.
+ * The key's tenant is its `name` (or `apikey-<first 8 hex of the hash>`) with that policy: keys sharing a
+ * name are one tenant and share its daily quota.
  *
  * The AUTH username is only a label, as in the original service (which checked the key alone): any
  * username is accepted with a valid key and is logged; the user name given to the rest of the relay is the
@@ -24,6 +37,7 @@ import {
 } from './authenticator';
 import type { Logger } from '../observability/logger';
 import { apiKeyCacheHits, apiKeyLookups } from './auth-metrics';
+import { policyOfItem, tenantOf, TenantPolicyError, type TenantPolicy } from './tenant-policy';
 
 export const API_KEY_HASH_ATTRIBUTE = 'api_key_hash';
 
@@ -52,6 +66,18 @@ export interface ApiKeyItem {
   name?: string;
   enabled: boolean;
   allowedFromDomains?: string[];
+  /** The validated policy attributes; undefined when one is malformed (then `policyError` says which). */
+  policy?: TenantPolicy;
+  policyError?: TenantPolicyError;
+}
+
+function itemPolicy(item: Record<string, AttributeValue>): Pick<ApiKeyItem, 'policy' | 'policyError'> {
+  try {
+    return { policy: policyOfItem(item) };
+  } catch (err) {
+    if (err instanceof TenantPolicyError) return { policyError: err };
+    throw err;
+  }
 }
 
 /** Read an item in any of the accepted layouts (string set, list of strings, comma-separated string). */
@@ -67,6 +93,7 @@ export function parseApiKeyItem(item: Record<string, AttributeValue>): ApiKeyIte
     ...(item.name?.S ? { name: item.name.S } : {}),
     enabled: item.enabled?.BOOL ?? true,
     ...(allowed && allowed.length > 0 ? { allowedFromDomains: allowed } : {}),
+    ...itemPolicy(item),
   };
 }
 
@@ -80,8 +107,8 @@ export interface ApiKeyAuthenticatorOptions {
   logger: Logger;
 }
 
-/** Cached answer for a key hash: the user, or null for unknown/disabled. */
-type Answer = { user: AuthenticatedUser | null };
+/** Cached answer for a key hash: the user, null for unknown/disabled, or the item's malformed attribute. */
+type Answer = { user: AuthenticatedUser | null; invalid?: string };
 
 export class ApiKeyAuthenticator implements Authenticator {
   private readonly client: DynamoDBClient;
@@ -104,6 +131,7 @@ export class ApiKeyAuthenticator implements Authenticator {
     const cached = this.cache?.get(hash);
     if (cached) {
       apiKeyCacheHits.inc();
+      if (cached.invalid) throw new AuthUnavailableError(cached.invalid);
       return cached.user && { ...cached.user };
     }
 
@@ -123,9 +151,12 @@ export class ApiKeyAuthenticator implements Authenticator {
     const parsed = item ? parseApiKeyItem(item) : undefined;
     let user: AuthenticatedUser | null = null;
     if (parsed?.enabled) {
+      const name = parsed.name ?? `apikey-${hash.slice(0, 8)}`;
+      if (parsed.policyError) return this.refuseInvalid(hash, name, parsed.policyError);
       user = {
-        user: parsed.name ?? `apikey-${hash.slice(0, 8)}`,
+        user: name,
         ...(parsed.allowedFromDomains ? { allowedFromDomains: parsed.allowedFromDomains } : {}),
+        tenant: tenantOf(name, parsed.policy),
       };
     }
     apiKeyLookups.inc({ result: user ? 'accepted' : 'refused' });
@@ -145,6 +176,25 @@ export class ApiKeyAuthenticator implements Authenticator {
     }
     this.cache?.set(hash, { user });
     return user && { ...user };
+  }
+
+  /** A key whose item has a malformed policy attribute: 454 4.7.0 (AuthUnavailableError), never accepted. */
+  private refuseInvalid(hash: string, key: string, err: TenantPolicyError): never {
+    apiKeyLookups.inc({ result: 'invalid' });
+    const message = `API key ${key}: malformed attribute ${err.message}`;
+    this.logger.warn(
+      {
+        event: 'apikey:invalid-policy',
+        key,
+        keyHashPrefix: hash.slice(0, 8),
+        attribute: err.field.split('.')[0],
+        field: err.field,
+        problem: err.problem,
+      },
+      'API key refused: malformed policy attribute in its table item (fix the item; the client gets 454 4.7.0)',
+    );
+    this.cache?.set(hash, { user: null, invalid: message });
+    throw new AuthUnavailableError(message);
   }
 
   clearCache(): void {

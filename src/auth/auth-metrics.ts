@@ -7,7 +7,7 @@ import { METRIC_PREFIX, registry } from '../observability/metrics';
 
 export const apiKeyLookups = new Counter({
   name: `${METRIC_PREFIX}apikey_lookups_total`,
-  help: 'GetItem requests sent to the API-key table, by result (accepted, refused, error).',
+  help: 'GetItem requests sent to the API-key table, by result (accepted, refused, invalid: a malformed policy attribute, error).',
   labelNames: ['result'] as const,
   registers: [registry],
 });

@@ -3,6 +3,7 @@
  * implement this; the SMTP listener only asks it.
  */
 import { createHash } from 'node:crypto';
+import type { Tenant } from '../types';
 
 /**
  * What logs show of a user name that is not authenticated (yet): the first 12 hex digits of its SHA-256.
@@ -28,6 +29,11 @@ export interface AuthenticatedUser {
   user: string;
   /** When set, MAIL FROM must be in one of these domains (lowercase). */
   allowedFromDomains?: string[];
+  /**
+   * The tenant its mail belongs to (name and policy: src/auth/tenant-policy.ts). Our authenticators always
+   * set it; absent (another Authenticator), the ingress uses `{ name: user, priority: 'normal' }`.
+   */
+  tenant?: Tenant;
 }
 
 export interface Authenticator {

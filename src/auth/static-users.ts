@@ -2,11 +2,13 @@
  * Static SMTP users from SMTP_USERS (htpasswd -B format `user:$2y$...`), checked with bcryptjs.
  * An unknown user name is compared against a dummy hash of the same cost, so a wrong user name and a
  * wrong password take the same time (no user enumeration by timing).
+ * Each user's tenant is its name with its SMTP_USER_POLICY_FILE policy (validated at start by config.ts).
  */
 import { timingSafeEqual } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import type { SmtpUser } from '../config';
 import type { AuthenticatedUser, Authenticator } from './authenticator';
+import { tenantOf } from './tenant-policy';
 
 function costOf(hash: string): number {
   const m = /^\$2[abxy]\$(\d{2})\$/.exec(hash);
@@ -47,6 +49,6 @@ export class StaticUserAuthenticator implements Authenticator {
     } catch {
       ok = false;
     }
-    return ok && found ? { user: found.username } : null;
+    return ok && found ? { user: found.username, tenant: tenantOf(found.username, found.policy) } : null;
   }
 }

@@ -7,6 +7,9 @@
  *
  * One log line per request (`autoresponder:request`) with its result; the requester appears only as a
  * keyed hash (the same HMAC key as the quota store).
+ *
+ * The replies belong to the tenant `autoresponder` (priority normal, no policy): a share of the SES rate
+ * of their own, beside the relayed mail's tenants.
  */
 import { randomBytes } from 'node:crypto';
 import type { AutoresponderConfig } from '../config';
@@ -21,6 +24,10 @@ import { QuotaUnavailableError, type QuotaClaim, type QuotaStore } from './quota
 import { buildReply, type ReplySettings } from './reply-builder';
 import { SMTP_ROUTE } from './routing-transport';
 import { checkRequest, dkimVerdict, isExempt, type RequestResult } from './request-rules';
+import type { Tenant } from '../types';
+
+/** The tenant of every autoresponder reply. */
+export const AUTORESPONDER_TENANT: Tenant = Object.freeze({ name: 'autoresponder', priority: 'normal' });
 
 export interface RequestHandlerOptions {
   config: AutoresponderConfig;
@@ -179,7 +186,7 @@ export class RequestHandler {
         built.push({
           envelope: { mailFrom: this.options.config.returnPath, recipients: [requester] },
           body: buildReply(entry, active.attachments, to, this.settings),
-          reception: { clientAddress: request.client, heloName: request.helo },
+          reception: { clientAddress: request.client, heloName: request.helo, tenant: AUTORESPONDER_TENANT },
           ...(entry.sendMethod === 'SMTP' ? { route: SMTP_ROUTE } : {}),
         });
       }

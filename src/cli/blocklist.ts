@@ -6,9 +6,13 @@
  *   npm run blocklist -- remove ADDRESS|@DOMAIN
  *   npm run blocklist -- check ADDRESS          (same rules as the relay: address or its @domain)
  *   npm run blocklist -- list [PREFIX]
- *   npm run blocklist -- apikey add NAME [--from-domain DOMAIN]...   (prints the new key once)
+ *   npm run blocklist -- apikey add NAME [--from-domain DOMAIN]... [policy flags]   (prints the new key once)
+ *   npm run blocklist -- apikey update KEY-ID [policy flags]    (VALUE none removes an attribute)
  *   npm run blocklist -- apikey list
  *   npm run blocklist -- apikey disable|enable|remove HASH|HASH-PREFIX|NAME
+ *
+ * Policy flags (src/cli/apikey-policy.ts, checked as the relay reads them): --rate-limit N, --daily-quota N,
+ * --configuration-set NAME, --tag NAME=VALUE (repeatable), --priority high|normal|bulk.
  *
  * Tables: DYNAMODB_TABLE and DYNAMODB_API_KEYS_TABLE. Region, credentials and AWS_ENDPOINT_URL_DYNAMODB come
  * from the AWS SDK's standard chain. Exit codes: 0 done, 1 usage or not found, 2 DynamoDB error.
@@ -32,6 +36,7 @@ import {
   parseApiKeyItem,
 } from '../auth/api-keys';
 import { SuppressionList } from '../policy/suppression-list';
+import { POLICY_USAGE, PolicyFlagError, policyChange, policySummary } from './apikey-policy';
 
 export interface CliIo {
   env: NodeJS.ProcessEnv;
@@ -46,9 +51,11 @@ const USAGE = `usage: npm run blocklist -- <command>
   remove ADDRESS|@DOMAIN                remove an entry
   check ADDRESS                         is it suppressed (by address or domain)?
   list [PREFIX]                         print entries (Scan)
-  apikey add NAME [--from-domain D]...  create an API key (printed once; only its SHA-256 is stored)
-  apikey list                           print API keys (hash prefix, name, enabled, domains)
+  apikey add NAME [--from-domain D]... [policy flags]   create an API key (printed once; only its SHA-256 is stored)
+  apikey update KEY-ID [policy flags]   change a key's policy (rate limit, daily quota, configuration set, tags, priority)
+  apikey list                           print API keys (hash prefix, name, enabled, domains, policy)
   apikey disable|enable|remove KEY-ID   KEY-ID: full hash, hash prefix (8+ chars) or name
+${POLICY_USAGE}
 environment: DYNAMODB_TABLE, DYNAMODB_API_KEYS_TABLE, AWS_REGION, AWS credentials, AWS_ENDPOINT_URL_DYNAMODB`;
 
 class UsageError extends Error {}
@@ -228,6 +235,7 @@ async function apiKeyCommand(
   switch (sub) {
     case 'add': {
       if (!arg) throw new UsageError('apikey add needs a NAME');
+      const policy = policyChange(options, false).set;
       const key = generateApiKey();
       const hash = hashApiKey(key);
       const domains = normalizeDomains((options.get('from-domain') ?? []).flatMap((d) => d.split(',')));
@@ -240,6 +248,7 @@ async function apiKeyCommand(
             enabled: { BOOL: true },
             created_at: { S: new Date().toISOString() },
             ...(domains.length > 0 ? { allowed_from_domains: { SS: domains } } : {}),
+            ...policy,
           },
           ConditionExpression: 'attribute_not_exists(#h)',
           ExpressionAttributeNames: { '#h': API_KEY_HASH_ATTRIBUTE },
@@ -253,7 +262,9 @@ async function apiKeyCommand(
       return 0;
     }
     case 'list': {
-      const items = (await scanAll(client, table)).map(parseApiKeyItem);
+      const scanned = await scanAll(client, table);
+      const raw = new Map(scanned.map((i) => [i[API_KEY_HASH_ATTRIBUTE]?.S ?? '', i]));
+      const items = scanned.map(parseApiKeyItem);
       items.sort((a, b) => (a.name ?? '').localeCompare(b.name ?? ''));
       for (const k of items) {
         io.out(
@@ -262,6 +273,7 @@ async function apiKeyCommand(
             k.name ?? '',
             k.enabled ? 'enabled' : 'disabled',
             (k.allowedFromDomains ?? []).join(','),
+            policySummary(raw.get(k.hash) ?? {}),
           ]
             .join('\t')
             .trimEnd(),
@@ -270,6 +282,8 @@ async function apiKeyCommand(
       io.err(`${items.length} keys`);
       return 0;
     }
+    case 'update':
+      return updatePolicy(client, table, arg, options, io);
     case 'disable':
     case 'enable': {
       const k = await resolveApiKey(client, table, arg);
@@ -300,6 +314,51 @@ async function apiKeyCommand(
   }
 }
 
+/** `apikey update KEY-ID [policy flags]`: SET the attributes given, REMOVE those given as `none`. */
+async function updatePolicy(
+  client: DynamoDBClient,
+  table: string,
+  id: string | undefined,
+  options: Map<string, string[]>,
+  io: CliIo,
+): Promise<number> {
+  const change = policyChange(options, true);
+  const setNames = Object.keys(change.set);
+  if (setNames.length + change.remove.length === 0) throw new UsageError('apikey update needs a policy flag');
+  const k = await resolveApiKey(client, table, id);
+  const names: Record<string, string> = {};
+  const values: Record<string, AttributeValue> = {};
+  const sets = setNames.map((n, i) => {
+    names[`#s${i}`] = n;
+    values[`:s${i}`] = change.set[n];
+    return `#s${i} = :s${i}`;
+  });
+  const removes = change.remove.map((n, i) => {
+    names[`#r${i}`] = n;
+    return `#r${i}`;
+  });
+  const expression = [
+    sets.length ? `SET ${sets.join(', ')}` : '',
+    removes.length ? `REMOVE ${removes.join(', ')}` : '',
+  ]
+    .filter(Boolean)
+    .join(' ');
+  await client.send(
+    new UpdateItemCommand({
+      TableName: table,
+      Key: { [API_KEY_HASH_ATTRIBUTE]: { S: k.hash } },
+      UpdateExpression: expression,
+      ExpressionAttributeNames: names,
+      ...(Object.keys(values).length ? { ExpressionAttributeValues: values } : {}),
+    }),
+  );
+  const what = [...setNames, ...change.remove.map((n) => `-${n}`)].join(', ');
+  io.out(
+    `updated API key ${k.name ?? k.hash.slice(0, 12)}: ${what} (relays may cache the old policy for APIKEY_CACHE_TTL)`,
+  );
+  return 0;
+}
+
 export async function runCli(args: string[], io: CliIo): Promise<number> {
   let client: DynamoDBClient | undefined;
   try {
@@ -313,7 +372,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     if (command === 'apikey') return await apiKeyCommand(rest, options, client, io);
     return await suppressionCommand(command, rest, options, client, io);
   } catch (err) {
-    if (err instanceof UsageError) {
+    if (err instanceof UsageError || err instanceof PolicyFlagError) {
       io.err(`error: ${err.message}`);
       io.err(USAGE);
       return 1;

@@ -2,10 +2,14 @@
  * The typed configuration: one section per stage, as loadConfig (src/config.ts) returns it. Stages import
  * only their own section's type (through src/config.ts).
  */
+import type { TenantPolicy } from '../auth/tenant-policy';
+
 /** A user allowed to AUTH: name and bcrypt hash (htpasswd -B format `user:$2y$...`). */
 export interface SmtpUser {
   username: string;
   bcryptHash: string;
+  /** The user's tenant policy from SMTP_USER_POLICY_FILE (absent: priority normal, no limits). */
+  policy?: TenantPolicy;
 }
 
 export interface IngressConfig {

@@ -2,8 +2,10 @@
  * The sections of the configuration, one function per stage, each with its cross-variable checks (a
  * check names the variable to change). src/config.ts applies the specs to the environment and calls these.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { parseUserPolicyFile, UserPolicyFileError } from '../auth/tenant-policy';
 import { ConfigError } from './config-error';
 import type {
   AutoRateConfig,
@@ -14,6 +16,7 @@ import type {
   NotificationsConfig,
   ObservabilityConfig,
   PolicyConfig,
+  SmtpUser,
   SpoolConfig,
 } from './config-types';
 import { DEFAULT_TRUSTED_NETWORKS, type CleanEnv } from './specs';
@@ -125,6 +128,28 @@ export function egressTransport(e: CleanEnv): EgressTransportKind {
   return transport;
 }
 
+/** SMTP_USERS with their policies from SMTP_USER_POLICY_FILE (src/auth/tenant-policy.ts validates it). */
+function withUserPolicies(users: SmtpUser[], file: string): SmtpUser[] {
+  if (!file) return users;
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new ConfigError('SMTP_USER_POLICY_FILE', `cannot read ${file}: ${code}`);
+  }
+  try {
+    const policies = parseUserPolicyFile(
+      text,
+      users.map((u) => u.username),
+    );
+    return users.map((u) => (policies.has(u.username) ? { ...u, policy: policies.get(u.username) } : u));
+  } catch (err) {
+    if (err instanceof UserPolicyFileError) throw new ConfigError('SMTP_USER_POLICY_FILE', err.message);
+    throw err;
+  }
+}
+
 /** The SMTP listener. `rawMaxMessageSize`: SMTP_MAX_MESSAGE_SIZE as given (its default depends on the transport). */
 export function ingressSection(
   e: CleanEnv,
@@ -138,7 +163,7 @@ export function ingressSection(
     serverName: serverName(e),
     implicitTls: e.ENABLE_SSL,
     tls: listenerTls(e),
-    users: e.SMTP_USERS,
+    users: withUserPolicies(e.SMTP_USERS, e.SMTP_USER_POLICY_FILE),
     trustedNetworks:
       e.SMTP_TRUSTED_NETWORKS ?? (e.SMTP_USERS.length || e.USE_APIKEY ? [] : DEFAULT_TRUSTED_NETWORKS),
     trustedNetworksExplicit: e.SMTP_TRUSTED_NETWORKS !== undefined,

@@ -37,6 +37,7 @@ export const specs = {
   SSL_CERT_PATH: str({ default: '' }),
   SSL_KEY_PATH: str({ default: '' }),
   SMTP_USERS: userList({ default: [] }),
+  SMTP_USER_POLICY_FILE: str({ default: '' }),
   SMTP_TRUSTED_NETWORKS: cidrList({ default: undefined }),
   SMTP_ALLOW_INSECURE_AUTH: bool({ default: false }),
   SMTP_AUTH_MAX_FAILURES: positiveInt({ default: 5 }),

@@ -39,6 +39,20 @@ export const ingressMetrics = {
     help: 'Failed SMTP AUTH attempts (wrong user name or password, or refused while locked out).',
     registers: [registry],
   }),
+  tenantRecipientsAccepted: new Counter({
+    name: `${METRIC_PREFIX}tenant_recipients_accepted_total`,
+    help:
+      'Recipients of acknowledged messages by tenant (API key name, SMTP user, trusted-networks, autoresponder; ' +
+      'the first 100 names, then other).',
+    labelNames: ['tenant'] as const,
+    registers: [registry],
+  }),
+  tenantQuotaRefusals: new Counter({
+    name: `${METRIC_PREFIX}tenant_quota_refusals_total`,
+    help: 'MAIL FROM and RCPT TO refused with 451 4.7.1 because the tenant spent its daily_quota, by tenant.',
+    labelNames: ['tenant'] as const,
+    registers: [registry],
+  }),
 };
 
 /** A catalogue reply refusing something (what smtp-server sends for a handler error), counted by its key. */

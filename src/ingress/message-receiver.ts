@@ -8,6 +8,9 @@
  * - An API key with allowed_from_domains: the header section is checked as soon as it is complete
  *   (message-headers.ts, session-policy.ts); a refusal fails the body the same way (553 5.7.1).
  * - A spool that cannot store answers 452 4.3.1 and keeps nothing.
+ * - The reception carries the session's tenant (session-policy.ts `tenantOf`); after the 250 its stored
+ *   recipients are counted towards its daily quota (quota-gate.ts) and in
+ *   ses_relay_tenant_recipients_accepted_total{tenant}.
  * Replies come after the client's end-of-data, never in between (smtp-server waits for the stream's end).
  */
 import type { Readable, Transform } from 'node:stream';
@@ -17,6 +20,7 @@ import type { Logger } from '../observability/logger';
 import { REPLIES, SmtpReplyError } from '../replies';
 import { SpoolWriteError, type Spool } from '../spool/spool';
 import type { Envelope } from '../types';
+import { tenantLabel } from '../observability/tenant-label';
 import { ingressMetrics, rejection } from './ingress-metrics';
 import { LineEndingNormalizer, MessageTooBigError } from './line-endings';
 import { HeaderSectionCheck } from './message-headers';
@@ -67,14 +71,17 @@ export class MessageReceiver {
       callback(err, message);
       this.options.afterReply?.(session, stream);
     };
+    const tenant = policy.tenantOf(session);
     const reception = {
       clientAddress: session.remoteAddress,
       heloName: session.hostNameAppearsAs || undefined,
       authUser: user?.user,
+      tenant,
     };
     spool.store(envelope, pipeline.body, reception).then(
       (queueId) => finish(null, this.accepted(queueId, envelope, pipeline, session)),
       (err: unknown) => {
+        policy.quotaGate.release(session);
         pipeline.abort(err instanceof Error ? err : new Error(String(err)));
         finish(this.refused(err, pipeline, session));
       },
@@ -120,7 +127,11 @@ export class MessageReceiver {
     ingressMetrics.messagesReceived.inc();
     ingressMetrics.recipientsReceived.inc(envelope.recipients.length);
     ingressMetrics.receivedBytes.inc(size);
-    const user = this.options.policy.userOf(session)?.user;
+    const { policy } = this.options;
+    const tenant = policy.tenantOf(session);
+    ingressMetrics.tenantRecipientsAccepted.inc({ tenant: tenantLabel(tenant) }, envelope.recipients.length);
+    policy.quotaGate.accepted(session, tenant, envelope.recipients.length);
+    const user = policy.userOf(session)?.user;
     this.options.logger.info(
       {
         event: 'message:accepted',

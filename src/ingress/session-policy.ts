@@ -14,6 +14,11 @@
  * - Envelope: address syntax (address-syntax.ts), an API key's allowed_from_domains for MAIL FROM and, at
  *   the end of the header section, for every From:/Sender: address; SMTP_MAX_RECIPIENTS; with
  *   BLOCKLIST_ACTION=reject, suppressed recipients at RCPT TO.
+ * - A tenant's daily_quota (quota-gate.ts): 451 4.7.1 at MAIL FROM once spent, at RCPT TO when this
+ *   recipient would exceed it; 451 4.3.0 when the shared count cannot be read.
+ * - The tenant of a session (`tenantOf`): the authenticated user's (its API key's name or SMTP user name,
+ *   with its policy); without AUTH (trusted networks) `{ name: UNAUTHENTICATED_TENANT, priority: 'normal' }`.
+ *   Every message the listener stores carries it in `reception.tenant`.
  * - DSN parameters (RFC 3461, offered only with BOUNCE_FROM): smtp-server parses RET, ENVID, NOTIFY and
  *   ORCPT, decodes xtext and refuses control characters; ENVID and ORCPT must also be printable US-ASCII
  *   of at most 100 and 500 characters (RFC 3461 sections 4.4 and 4.2), as they are copied into the
@@ -32,17 +37,28 @@ import type { IngressConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import { PolicyUnavailableError, type RecipientPolicy } from '../policy/policy';
 import type { ReplyKey, SmtpReplyError } from '../replies';
-import type { DsnNotifyKeyword, Envelope, EnvelopeDsn, RecipientDsn } from '../types';
+import { createTenantQuota, type TenantQuota } from '../policy/tenant-quota';
+import {
+  UNAUTHENTICATED_TENANT,
+  type DsnNotifyKeyword,
+  type Envelope,
+  type EnvelopeDsn,
+  type RecipientDsn,
+  type Tenant,
+} from '../types';
 import { checkAddress, domainOf } from './address-syntax';
 import { TrustedNetworks } from './client-access';
 import { ingressMetrics, rejection } from './ingress-metrics';
 import { HEADER_SECTION_LIMIT, senderHeaderAddresses } from './message-headers';
+import { QuotaGate } from './quota-gate';
 
 const DEFAULT_AUTH_FAILURE_DELAY_MS = 1000;
 /** RFC 3461 section 4.4 (ENVID) and 4.2 (ORCPT): lengths, and printable US-ASCII only. */
 const ENVID_MAX = 100;
 const ORCPT_MAX = 500;
 const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
+/** The tenant of mail from trusted networks without AUTH. */
+const TRUSTED_TENANT: Tenant = Object.freeze({ name: UNAUTHENTICATED_TENANT, priority: 'normal' });
 
 /** Why a DSN parameter value is refused, or undefined when it is fine (or absent). */
 function dsnValueProblem(name: string, value: string | null | undefined, max: number): string | undefined {
@@ -67,6 +83,8 @@ export interface SessionPolicyOptions {
   authFailureDelayMs?: number;
   /** True once the listener is shutting down (MAIL and RCPT get 421 4.3.2). */
   closing(): boolean;
+  /** Daily quotas of tenants (shared through Redis); default: counted in this process. */
+  quota?: TenantQuota;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -83,6 +101,7 @@ export class SessionPolicy {
   private readonly closing: () => boolean;
   private readonly trustedNetworks: TrustedNetworks;
   private readonly authFailures: AuthFailureTracker;
+  readonly quotaGate: QuotaGate;
   private readonly trustedSessions = new WeakMap<SMTPServerSession, boolean>();
   /** Commands off for every session: AUTH without an authenticator, STARTTLS without it being offered. */
   private readonly alwaysDisabled: string[] = [];
@@ -102,6 +121,7 @@ export class SessionPolicy {
       maxFailures: config.authMaxFailures,
       lockoutMs: config.authLockoutMs,
     });
+    this.quotaGate = new QuotaGate(options.quota ?? createTenantQuota(), this.log);
     if (!this.authenticator) this.alwaysDisabled.push('AUTH');
     if (!this.starttls) this.alwaysDisabled.push('STARTTLS');
   }
@@ -157,6 +177,13 @@ export class SessionPolicy {
 
   userOf(session: SMTPServerSession): AuthenticatedUser | undefined {
     return session.user ? (session.user as AuthenticatedUser) : undefined;
+  }
+
+  /** Whose mail this session sends: the authenticated user's tenant, else the trusted networks'. */
+  tenantOf(session: SMTPServerSession): Tenant {
+    const user = this.userOf(session);
+    if (!user) return TRUSTED_TENANT;
+    return user.tenant ?? { name: user.user, priority: 'normal' };
   }
 
   onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, callback: AuthDone): void {
@@ -218,7 +245,18 @@ export class SessionPolicy {
       if (!domain || !user.allowedFromDomains.includes(domain))
         return callback(rejection('senderNotAllowed'));
     }
-    callback();
+    this.gated(this.quotaGate.mailFrom(session, this.tenantOf(session)), callback);
+  }
+
+  /** Answer with the quota gate's decision (an unexpected error is logged and answered 451 4.3.0). */
+  private gated(decision: Promise<SmtpReplyError | undefined>, callback: Done): void {
+    decision.then(
+      (refusal) => callback(refusal),
+      (err: unknown) => {
+        this.log.error({ event: 'tenant-quota:error', err }, 'tenant quota check failed');
+        callback(rejection('quotaUnavailable'));
+      },
+    );
   }
 
   onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
@@ -228,16 +266,19 @@ export class SessionPolicy {
     const orcpt = dsnValueProblem('ORCPT', address.dsn?.orcpt, ORCPT_MAX);
     if (orcpt) return callback(rejection('badDsnParameter', orcpt));
     const rcpts = session.envelope.rcptTo;
-    if (rcpts.length >= this.config.maxRecipients) {
-      const key = address.address.toLowerCase();
-      // A repeated recipient replaces the earlier one (smtp-server), so it does not count.
-      if (!rcpts.some((r) => r.address.toLowerCase() === key))
-        return callback(rejection('tooManyRecipients'));
-    }
+    const key = address.address.toLowerCase();
+    // A repeated recipient replaces the earlier one (smtp-server), so it does not count.
+    const repeated = rcpts.some((r) => r.address.toLowerCase() === key);
+    if (rcpts.length >= this.config.maxRecipients && !repeated)
+      return callback(rejection('tooManyRecipients'));
+    const quota = (): void => {
+      if (repeated) return callback();
+      this.gated(this.quotaGate.recipient(session, this.tenantOf(session)), callback);
+    };
     const policy = this.recipientPolicy;
-    if (!this.rejectSuppressed || !policy) return callback();
+    if (!this.rejectSuppressed || !policy) return quota();
     policy.check([check.address]).then(
-      (decision) => callback(decision.suppressed.length ? rejection('recipientSuppressed') : undefined),
+      (decision) => (decision.suppressed.length ? callback(rejection('recipientSuppressed')) : quota()),
       (err: unknown) => {
         if (!(err instanceof PolicyUnavailableError))
           this.log.error({ event: 'policy:error', err }, 'policy failed');

@@ -21,6 +21,7 @@ import type { Authenticator } from '../auth/authenticator';
 import type { IngressConfig } from '../config';
 import type { Logger } from '../observability/logger';
 import type { RecipientPolicy } from '../policy/policy';
+import type { TenantQuota } from '../policy/tenant-quota';
 import { REPLIES } from '../replies';
 import type { Spool } from '../spool/spool';
 import { ingressMetrics, rejection } from './ingress-metrics';
@@ -43,6 +44,8 @@ export interface SmtpListenerOptions {
   logger: Logger;
   /** Delay before answering a failed AUTH (slows down guessing). Default 1000 ms. */
   authFailureDelayMs?: number;
+  /** Tenants' daily quotas (shared through Redis with REDIS_URL); default: counted in this process. */
+  quota?: TenantQuota;
 }
 
 export interface SmtpListener {
@@ -101,6 +104,7 @@ export function createSmtpListener(options: SmtpListenerOptions): SmtpListener {
     logger: log,
     authFailureDelayMs: options.authFailureDelayMs,
     closing: () => closing,
+    quota: options.quota,
   });
   const receiver = new MessageReceiver({
     config,
@@ -231,6 +235,7 @@ function serverOptions(
     },
     onClose(session) {
       internals().release(session);
+      policy.quotaGate.release(session);
       if (COUNTED.delete(session)) ingressMetrics.sessions.dec();
     },
     onAuth: (auth, session, callback) => policy.onAuth(auth, session, callback),
