@@ -41,6 +41,9 @@ export interface RequestHandlerOptions {
   now?: () => number;
 }
 
+/** One log line and one count per request. */
+type Report = (result: RequestResult, extra?: Record<string, unknown>) => void;
+
 const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 
 export class RequestHandler {
@@ -69,7 +72,7 @@ export class RequestHandler {
   async handle(request: IncomingRequest): Promise<RequestOutcome> {
     const requestId = randomBytes(6).toString('hex');
     const started = this.now();
-    const report = (result: RequestResult, extra: Record<string, unknown> = {}): void => {
+    const report: Report = (result, extra = {}) => {
       autoresponderMetrics.requests.inc({ result });
       this.log.info(
         {
@@ -91,54 +94,76 @@ export class RequestHandler {
       report('temporary-failure', { problem: 'addresses no longer configured' });
       return { reply: 'temporary' };
     }
-    const { parsed } = request;
     const verdict = checkRequest(
-      { envelopeSender: request.envelopeSender, ...parsed },
+      { envelopeSender: request.envelopeSender, ...request.parsed },
       { ownDomains: this.ownDomains(active), blockedDomains: this.options.config.blockedDomains },
     );
     if (!verdict.ok) {
       report(verdict.result);
       return { reply: 'accepted', requestId };
     }
-    const requester = verdict.requester;
-    const who = { requester: this.options.quota.requesterHash(requester) };
+    const gate = await this.gate(request, verdict.requester, verdict.requesterDomain, report);
+    if ('reply' in gate)
+      return gate.reply === 'accepted' ? { reply: 'accepted', requestId } : { reply: 'temporary' };
+    return this.storeReplies(entries, active, request, verdict.requester, gate.claim, requestId, report);
+  }
 
+  /**
+   * DKIM (when required), the suppression list and the daily limit, in that order: the request's outcome
+   * when one of them decides it is not answered (or not now), else the quota claim it holds (none for an
+   * exempt domain).
+   */
+  private async gate(
+    request: IncomingRequest,
+    requester: string,
+    requesterDomain: string,
+    report: Report,
+  ): Promise<{ reply: 'accepted' | 'temporary' } | { claim?: QuotaClaim }> {
+    const who = { requester: this.options.quota.requesterHash(requester) };
     if (request.dkim) {
       const dkim = await request.dkim;
-      const v = dkimVerdict(dkim.results, dkim.headerFrom, verdict.requesterDomain);
+      const v = dkimVerdict(dkim.results, dkim.headerFrom, requesterDomain);
       if (v === 'temperror') {
         report('temporary-failure', { ...who, problem: 'DKIM key lookup failed temporarily' });
         return { reply: 'temporary' };
       }
       if (v === 'fail') {
         report('dkim-failed', who);
-        return { reply: 'accepted', requestId };
+        return { reply: 'accepted' };
       }
     }
-
     if (await this.suppressed(requester)) {
       report('suppressed', who);
-      return { reply: 'accepted', requestId };
+      return { reply: 'accepted' };
     }
-
-    const claim: QuotaClaim | undefined = isExempt(verdict.requesterDomain, this.options.config.exemptDomains)
-      ? undefined
-      : { requester, messageId: parsed.messageId, now: this.now() };
-    if (claim) {
-      let decision;
-      try {
-        decision = await this.options.quota.claim(claim);
-      } catch (err) {
-        if (!(err instanceof QuotaUnavailableError)) throw err;
-        report('temporary-failure', { ...who, problem: err.message });
-        return { reply: 'temporary' };
-      }
-      if (decision !== 'granted') {
-        report(decision, who);
-        return { reply: 'accepted', requestId };
-      }
+    if (isExempt(requesterDomain, this.options.config.exemptDomains)) return {};
+    const claim: QuotaClaim = { requester, messageId: request.parsed.messageId, now: this.now() };
+    let decision;
+    try {
+      decision = await this.options.quota.claim(claim);
+    } catch (err) {
+      if (!(err instanceof QuotaUnavailableError)) throw err;
+      report('temporary-failure', { ...who, problem: err.message });
+      return { reply: 'temporary' };
     }
+    if (decision !== 'granted') {
+      report(decision, who);
+      return { reply: 'accepted' };
+    }
+    return { claim };
+  }
 
+  /** Every reply in ONE spool commit; on failure the claim is released and the request gets a 4xx. */
+  private async storeReplies(
+    entries: ResponderEntry[],
+    active: ActiveConfig,
+    request: IncomingRequest,
+    requester: string,
+    claim: QuotaClaim | undefined,
+    requestId: string,
+    report: Report,
+  ): Promise<RequestOutcome> {
+    const who = { requester: this.options.quota.requesterHash(requester) };
     try {
       const ids = await this.options.spool.storeGroup(this.replies(entries, active, request, requester));
       this.options.stored();
