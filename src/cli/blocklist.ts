@@ -121,6 +121,177 @@ async function scanAll(client: DynamoDBClient, table: string): Promise<Record<st
   return items;
 }
 
+/** `add ADDRESS|DOMAIN [--reason R]`: put (or refresh) an entry under the relay's key. */
+async function addSuppression(
+  table: string,
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const email = entryKey(positional[0]);
+  const now = new Date().toISOString();
+  await client.send(
+    new UpdateItemCommand({
+      TableName: table,
+      Key: { email: { S: email } },
+      UpdateExpression:
+        'SET #reason = :reason, #source = :source, #firstSeen = if_not_exists(#firstSeen, :now), #lastSeen = :now',
+      ExpressionAttributeNames: {
+        '#reason': 'reason',
+        '#source': 'source',
+        '#firstSeen': 'firstSeen',
+        '#lastSeen': 'lastSeen',
+      },
+      ExpressionAttributeValues: {
+        ':reason': { S: options.get('reason')?.at(-1) ?? 'manual' },
+        ':source': { S: 'cli' },
+        ':now': { S: now },
+      },
+    }),
+  );
+  io.out(`suppressed ${email}`);
+  return 0;
+}
+
+/** `remove ADDRESS|DOMAIN`: 1 when there was no such entry. */
+async function removeSuppression(
+  table: string,
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const email = entryKey(positional[0]);
+  const out = await client.send(
+    new DeleteItemCommand({ TableName: table, Key: { email: { S: email } }, ReturnValues: 'ALL_OLD' }),
+  );
+  if (!out.Attributes) {
+    io.err(`${email} is not on the suppression list`);
+    return 1;
+  }
+  io.out(`removed ${email} (relays may keep their cached answer for up to BLOCKLIST_CACHE_TTL)`);
+  return 0;
+}
+
+/** `check ADDRESS`: what the relay would decide (address or domain entry), uncached. */
+async function checkSuppression(
+  table: string,
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const address = entryKey(positional[0]);
+  const list = new SuppressionList({
+    client,
+    table,
+    cacheTtlMs: 0,
+    cacheMax: 1,
+    logger: silentLogger,
+    recoveryProbeMs: 0,
+  });
+  try {
+    const d = await list.check([address]);
+    const s = d.suppressed[0];
+    io.out(
+      s
+        ? `${address}: suppressed (entry ${s.matched}${s.reason ? `, reason ${s.reason}` : ''})`
+        : `${address}: not suppressed`,
+    );
+  } finally {
+    await list.close();
+  }
+  return 0;
+}
+
+/** `list [PREFIX]`: every entry (a table scan), tab-separated. */
+async function listSuppressions(
+  table: string,
+  positional: string[],
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const prefix = positional[0] ? normalizeAddress(positional[0]) : '';
+  const items = (await scanAll(client, table))
+    .filter((i) => (i.email?.S ?? '').startsWith(prefix))
+    .sort((a, b) => (a.email?.S ?? '').localeCompare(b.email?.S ?? ''));
+  for (const i of items) {
+    const detail = i.bounceType?.S ?? i.complaintFeedbackType?.S ?? '';
+    io.out(
+      [i.email?.S, i.reason?.S ?? '', detail, i.lastSeen?.S ?? '', i.count?.N ?? ''].join('\t').trimEnd(),
+    );
+  }
+  io.err(`${items.length} entries`);
+  return 0;
+}
+
+/** `apikey add NAME [--from-domain D] [policy flags]`: prints the new key once. */
+async function addApiKey(
+  table: string,
+  arg: string | undefined,
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  if (!arg) throw new UsageError('apikey add needs a NAME');
+  const policy = policyChange(options, false).set;
+  const key = generateApiKey();
+  const hash = hashApiKey(key);
+  const domains = normalizeDomains((options.get('from-domain') ?? []).flatMap((d) => d.split(',')));
+  await client.send(
+    new PutItemCommand({
+      TableName: table,
+      Item: {
+        [API_KEY_HASH_ATTRIBUTE]: { S: hash },
+        name: { S: arg },
+        enabled: { BOOL: true },
+        created_at: { S: new Date().toISOString() },
+        ...(domains.length > 0 ? { allowed_from_domains: { SS: domains } } : {}),
+        ...policy,
+      },
+      ConditionExpression: 'attribute_not_exists(#h)',
+      ExpressionAttributeNames: { '#h': API_KEY_HASH_ATTRIBUTE },
+    }),
+  );
+  io.out(key);
+  io.err(
+    `API key "${arg}" created (hash ${hash})${domains.length ? `, From domains: ${domains.join(', ')}` : ''}.\n` +
+      'The key above is shown only once: use it as the SMTP AUTH password (any username).',
+  );
+  return 0;
+}
+
+/** `apikey list`: hash prefix, name, state, From domains, policy. */
+async function listApiKeys(
+  table: string,
+  arg: string | undefined,
+  options: Map<string, string[]>,
+  client: DynamoDBClient,
+  io: CliIo,
+): Promise<number> {
+  const scanned = await scanAll(client, table);
+  const raw = new Map(scanned.map((i) => [i[API_KEY_HASH_ATTRIBUTE]?.S ?? '', i]));
+  const items = scanned.map(parseApiKeyItem);
+  items.sort((a, b) => (a.name ?? '').localeCompare(b.name ?? ''));
+  for (const k of items) {
+    io.out(
+      [
+        k.hash.slice(0, 12),
+        k.name ?? '',
+        k.enabled ? 'enabled' : 'disabled',
+        (k.allowedFromDomains ?? []).join(','),
+        policySummary(raw.get(k.hash) ?? {}),
+      ]
+        .join('\t')
+        .trimEnd(),
+    );
+  }
+  io.err(`${items.length} keys`);
+  return 0;
+}
+
 async function suppressionCommand(
   command: string,
   positional: string[],
@@ -130,80 +301,14 @@ async function suppressionCommand(
 ): Promise<number> {
   const table = requireTable(io.env, 'DYNAMODB_TABLE');
   switch (command) {
-    case 'add': {
-      const email = entryKey(positional[0]);
-      const now = new Date().toISOString();
-      await client.send(
-        new UpdateItemCommand({
-          TableName: table,
-          Key: { email: { S: email } },
-          UpdateExpression:
-            'SET #reason = :reason, #source = :source, #firstSeen = if_not_exists(#firstSeen, :now), #lastSeen = :now',
-          ExpressionAttributeNames: {
-            '#reason': 'reason',
-            '#source': 'source',
-            '#firstSeen': 'firstSeen',
-            '#lastSeen': 'lastSeen',
-          },
-          ExpressionAttributeValues: {
-            ':reason': { S: options.get('reason')?.at(-1) ?? 'manual' },
-            ':source': { S: 'cli' },
-            ':now': { S: now },
-          },
-        }),
-      );
-      io.out(`suppressed ${email}`);
-      return 0;
-    }
-    case 'remove': {
-      const email = entryKey(positional[0]);
-      const out = await client.send(
-        new DeleteItemCommand({ TableName: table, Key: { email: { S: email } }, ReturnValues: 'ALL_OLD' }),
-      );
-      if (!out.Attributes) {
-        io.err(`${email} is not on the suppression list`);
-        return 1;
-      }
-      io.out(`removed ${email} (relays may keep their cached answer for up to BLOCKLIST_CACHE_TTL)`);
-      return 0;
-    }
-    case 'check': {
-      const address = entryKey(positional[0]);
-      const list = new SuppressionList({
-        client,
-        table,
-        cacheTtlMs: 0,
-        cacheMax: 1,
-        logger: silentLogger,
-        recoveryProbeMs: 0,
-      });
-      try {
-        const d = await list.check([address]);
-        const s = d.suppressed[0];
-        io.out(
-          s
-            ? `${address}: suppressed (entry ${s.matched}${s.reason ? `, reason ${s.reason}` : ''})`
-            : `${address}: not suppressed`,
-        );
-      } finally {
-        await list.close();
-      }
-      return 0;
-    }
-    case 'list': {
-      const prefix = positional[0] ? normalizeAddress(positional[0]) : '';
-      const items = (await scanAll(client, table))
-        .filter((i) => (i.email?.S ?? '').startsWith(prefix))
-        .sort((a, b) => (a.email?.S ?? '').localeCompare(b.email?.S ?? ''));
-      for (const i of items) {
-        const detail = i.bounceType?.S ?? i.complaintFeedbackType?.S ?? '';
-        io.out(
-          [i.email?.S, i.reason?.S ?? '', detail, i.lastSeen?.S ?? '', i.count?.N ?? ''].join('\t').trimEnd(),
-        );
-      }
-      io.err(`${items.length} entries`);
-      return 0;
-    }
+    case 'add':
+      return addSuppression(table, positional, options, client, io);
+    case 'remove':
+      return removeSuppression(table, positional, options, client, io);
+    case 'check':
+      return checkSuppression(table, positional, options, client, io);
+    case 'list':
+      return listSuppressions(table, positional, options, client, io);
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
@@ -233,55 +338,10 @@ async function apiKeyCommand(
   const table = requireTable(io.env, 'DYNAMODB_API_KEYS_TABLE');
   const [sub, arg] = positional;
   switch (sub) {
-    case 'add': {
-      if (!arg) throw new UsageError('apikey add needs a NAME');
-      const policy = policyChange(options, false).set;
-      const key = generateApiKey();
-      const hash = hashApiKey(key);
-      const domains = normalizeDomains((options.get('from-domain') ?? []).flatMap((d) => d.split(',')));
-      await client.send(
-        new PutItemCommand({
-          TableName: table,
-          Item: {
-            [API_KEY_HASH_ATTRIBUTE]: { S: hash },
-            name: { S: arg },
-            enabled: { BOOL: true },
-            created_at: { S: new Date().toISOString() },
-            ...(domains.length > 0 ? { allowed_from_domains: { SS: domains } } : {}),
-            ...policy,
-          },
-          ConditionExpression: 'attribute_not_exists(#h)',
-          ExpressionAttributeNames: { '#h': API_KEY_HASH_ATTRIBUTE },
-        }),
-      );
-      io.out(key);
-      io.err(
-        `API key "${arg}" created (hash ${hash})${domains.length ? `, From domains: ${domains.join(', ')}` : ''}.\n` +
-          'The key above is shown only once: use it as the SMTP AUTH password (any username).',
-      );
-      return 0;
-    }
-    case 'list': {
-      const scanned = await scanAll(client, table);
-      const raw = new Map(scanned.map((i) => [i[API_KEY_HASH_ATTRIBUTE]?.S ?? '', i]));
-      const items = scanned.map(parseApiKeyItem);
-      items.sort((a, b) => (a.name ?? '').localeCompare(b.name ?? ''));
-      for (const k of items) {
-        io.out(
-          [
-            k.hash.slice(0, 12),
-            k.name ?? '',
-            k.enabled ? 'enabled' : 'disabled',
-            (k.allowedFromDomains ?? []).join(','),
-            policySummary(raw.get(k.hash) ?? {}),
-          ]
-            .join('\t')
-            .trimEnd(),
-        );
-      }
-      io.err(`${items.length} keys`);
-      return 0;
-    }
+    case 'add':
+      return addApiKey(table, arg, options, client, io);
+    case 'list':
+      return listApiKeys(table, arg, options, client, io);
     case 'update':
       return updatePolicy(client, table, arg, options, io);
     case 'disable':
