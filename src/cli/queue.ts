@@ -18,7 +18,7 @@ import { once } from 'node:events';
 import ms from 'ms';
 import { ConfigError, loadConfig } from '../config';
 import { ACTION_USAGE, isQueueAction, runQueueAction } from './queue-actions';
-import { STORED_MESSAGE_STATES, type StoredMessageState } from '../types';
+import { STORED_MESSAGE_STATES, UNAUTHENTICATED_TENANT, type StoredMessageState, type Tenant } from '../types';
 import {
   SpoolInspector,
   SpoolUnreadableError,
@@ -149,6 +149,18 @@ function formatList(entries: QueueEntry[], state: StoredMessageState | undefined
   return table([header, ...rows]);
 }
 
+/** The tenant of a message, as `queue show` prints it (mail without one: the trusted-networks tenant). */
+function formatTenant(t: Tenant | undefined): string {
+  if (!t) return `${UNAUTHENTICATED_TENANT} (priority normal)`;
+  const parts = [`priority ${t.priority}`];
+  if (t.rateLimit !== undefined) parts.push(`rate limit ${t.rateLimit}/s`);
+  if (t.dailyQuota !== undefined) parts.push(`daily quota ${t.dailyQuota}`);
+  if (t.configurationSet) parts.push(`configuration set ${t.configurationSet}`);
+  const tags = Object.entries(t.tags ?? {});
+  if (tags.length) parts.push(`tags ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`);
+  return `${t.name} (${parts.join(', ')})`;
+}
+
 function formatShow(m: MessageDetail): string[] {
   const lines = [
     `queue id:    ${m.id}`,
@@ -160,6 +172,7 @@ function formatShow(m: MessageDetail): string[] {
     `size:        ${m.size} bytes (${m.body.storage === 'file' ? `file ${m.body.path}` : 'inline'})`,
     `attempts:    ${m.attempts}`,
   ];
+  lines.push(`tenant:      ${formatTenant(m.reception.tenant)}`);
   if (m.reception.notification) {
     lines.push(`notification: ${m.reception.notification} for ${m.reception.notificationFor ?? '-'}`);
   }
