@@ -18,7 +18,12 @@ import { once } from 'node:events';
 import ms from 'ms';
 import { ConfigError, loadConfig } from '../config';
 import { ACTION_USAGE, isQueueAction, runQueueAction } from './queue-actions';
-import { STORED_MESSAGE_STATES, UNAUTHENTICATED_TENANT, type StoredMessageState, type Tenant } from '../types';
+import {
+  STORED_MESSAGE_STATES,
+  UNAUTHENTICATED_TENANT,
+  type StoredMessageState,
+  type Tenant,
+} from '../types';
 import {
   SpoolInspector,
   SpoolUnreadableError,

@@ -4,7 +4,7 @@
  * of another tenant's single message.
  *
  * - Each tenant with leasable messages is a queue of its own: its due messages oldest due first, read a page
- *   at a time from the partial index `messages_tenant_due` (tenant, due_at, id), keyset-paged, so a lease
+ *   at a time from the partial index `messages_tenant_due` (tenant, due_at), keyset-paged by (due_at, rowid), so a lease
  *   reads only the rows it hands out plus the few it skips (leased, pinned, held back, or behind their
  *   predecessor in an ordered group); no scan of the backlog. The tenants are found by a skip scan of the
  *   same index (one seek per tenant).
@@ -35,14 +35,14 @@ type LeaseRow = Pick<
   | 'pending_recipients'
   | 'tenant'
   | 'tenant_weight'
->;
+> & { seq: number };
 
 /** One tenant's due messages, oldest due first, a page at a time; `head` is the next leasable one. */
 class TenantQueue {
   private page: LeaseRow[] = [];
   private index = 0;
   private afterDue = -1;
-  private afterId = '';
+  private afterSeq = -1;
   private exhausted = false;
   head: LeaseRow | undefined;
 
@@ -83,7 +83,7 @@ class TenantQueue {
       tenant: this.tenant,
       now: this.now,
       afterDue: this.afterDue,
-      afterId: this.afterId,
+      afterSeq: this.afterSeq,
       limit: this.pageSize,
     }) as LeaseRow[];
     this.index = 0;
@@ -91,7 +91,7 @@ class TenantQueue {
     const last = this.page[this.page.length - 1];
     if (last) {
       this.afterDue = last.due_at;
-      this.afterId = last.id;
+      this.afterSeq = last.seq;
     }
     this.pageSize = Math.min(this.pageSize * 2, 1024);
   }

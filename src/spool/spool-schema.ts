@@ -85,7 +85,7 @@ const NOTIFICATIONS_TABLE = `CREATE TABLE notifications (
 )`;
 
 /** Each tenant's leasable messages in due order: the fair lease's per-tenant queues (spool-fair.ts). */
-const TENANT_INDEX = `CREATE INDEX messages_tenant_due ON messages (tenant, due_at, id) WHERE ${LEASABLE};`;
+const TENANT_INDEX = `CREATE INDEX messages_tenant_due ON messages (tenant, due_at) WHERE ${LEASABLE};`;
 
 const INDEXES = `
 CREATE INDEX messages_due ON messages (due_at) WHERE ${LEASABLE};
@@ -225,12 +225,14 @@ const LEASE_COLUMNS = `id, mail_from, reception, received_at, size, attempts, du
 /** Leasable messages in due order (uses the partial index `messages_due`). */
 export const LEASE_SQL = `SELECT ${LEASE_COLUMNS} FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
 /**
- * One page of a tenant's due messages in (due_at, id) order after the key (due_at, id) given: a range of
- * the partial index `messages_tenant_due`, never a scan of other tenants' rows.
+ * One page of a tenant's due messages in (due_at, rowid) order — rowid: the order they were stored in —
+ * after the key given: a range of the partial index `messages_tenant_due` (an index entry ends with the
+ * rowid), never a scan of other tenants' rows.
  */
-export const TENANT_LEASE_SQL = `SELECT ${LEASE_COLUMNS} FROM messages
-  WHERE tenant = @tenant AND ${LEASABLE} AND due_at <= @now AND (due_at > @afterDue OR (due_at = @afterDue AND id > @afterId))
-  ORDER BY tenant, due_at, id LIMIT @limit`;
+export const TENANT_LEASE_SQL = `SELECT rowid AS seq, ${LEASE_COLUMNS} FROM messages
+  WHERE tenant = @tenant AND ${LEASABLE} AND due_at <= @now
+    AND (due_at > @afterDue OR (due_at = @afterDue AND rowid > @afterSeq))
+  ORDER BY due_at, rowid LIMIT @limit`;
 /**
  * The tenants that have leasable messages, by a skip scan of \`messages_tenant_due\` (one index seek per
  * tenant, however many messages each has).
@@ -396,7 +398,10 @@ export function storedTenant(x: unknown): Tenant | undefined {
 }
 
 /** The reception as stored (JSON): what parseReception restores, the tenant included. */
-export function receptionJson(reception: Omit<Reception, 'receivedAt'>, extra: { route?: string } = {}): string {
+export function receptionJson(
+  reception: Omit<Reception, 'receivedAt'>,
+  extra: { route?: string } = {},
+): string {
   return JSON.stringify({
     clientAddress: reception.clientAddress,
     heloName: reception.heloName,

@@ -31,6 +31,7 @@ import {
   type DeliveryPauseState,
   type PauseReason,
   type TakeAnswer,
+  type TenantLimit,
 } from './backend';
 import type { PauseLedger } from './pause-ledger';
 import type { RateParams, Reaction } from './rate-state';
@@ -57,6 +58,8 @@ type RateCommand = (...args: string[]) => Promise<unknown>;
 export class RedisBackend implements AdmissionBackend {
   readonly kind = 'redis';
   readonly keys: string[];
+  /** Prefix of the tenants' bucket keys (same hash tag). */
+  private readonly tenantKeyPrefix: string;
   private readonly params: RateParams;
   private readonly client: Redis;
   private readonly replica = randomBytes(4).toString('hex');
@@ -95,6 +98,7 @@ export class RedisBackend implements AdmissionBackend {
     this.keys = ['rate', 'inflight', 'pause', 'paused', 'probe'].map(
       (k) => `ses-relay:{${options.limiterId}}:${k}`,
     );
+    this.tenantKeyPrefix = `ses-relay:{${options.limiterId}}:tenant:`;
     const timeout = options.commandTimeoutMs ?? 1000;
     const clientOptions: RedisOptions = {
       enableOfflineQueue: false,
@@ -111,7 +115,7 @@ export class RedisBackend implements AdmissionBackend {
     this.client.on('close', () => {
       if (this.isAvailable) this.setAvailable(false, new Error('Redis connection closed'));
     });
-    this.client.defineCommand('sesRelayRate', { numberOfKeys: 5, lua: RATE_LUA });
+    this.client.defineCommand('sesRelayRate', { numberOfKeys: 6, lua: RATE_LUA });
     this.timer = setInterval(() => void this.poll(), options.probeMs ?? 250);
     this.timer.unref();
   }
@@ -133,6 +137,11 @@ export class RedisBackend implements AdmissionBackend {
   }
 
   private async call(op: string, ...args: string[]): Promise<RateReply> {
+    return this.callWith(`${this.tenantKeyPrefix}-`, op, ...args);
+  }
+
+  /** One script call; `tenantKey` is KEYS[6] (read only by a take with a tenant rate). */
+  private async callWith(tenantKey: string, op: string, ...args: string[]): Promise<RateReply> {
     if (this.stopped) throw new LimiterUnavailableError('limiter stopped');
     const p = this.params;
     const cmd = (this.client as unknown as { sesRelayRate: RateCommand }).sesRelayRate.bind(this.client);
@@ -140,6 +149,7 @@ export class RedisBackend implements AdmissionBackend {
     try {
       raw = await cmd(
         ...this.keys,
+        tenantKey,
         op,
         '',
         String(p.rate),
@@ -231,13 +241,17 @@ export class RedisBackend implements AdmissionBackend {
     }
   }
 
-  async take(n: number, id: string, probe: boolean): Promise<TakeAnswer> {
+  async take(n: number, id: string, probe: boolean, tenant?: TenantLimit): Promise<TakeAnswer> {
     if (!this.available()) {
       throw new LimiterUnavailableError('limiter unavailable: Redis unreachable, delivery paused');
     }
     const member = `${this.replica}:${id}:${n}`;
-    const r = await this.call('take', String(n), member, probe ? '1' : '0');
+    const args = [String(n), member, probe ? '1' : '0'];
+    if (tenant) args.push(String(tenant.rate));
+    const key = tenant ? this.tenantKeyPrefix + tenant.name : `${this.tenantKeyPrefix}-`;
+    const r = await this.callWith(key, 'take', ...args);
     if (r.status === 'granted') this.track(member);
+    if (r.status === 'tenant') return { status: 'tenant-wait', waitMs: r.waitMs };
     const status = r.status === 'granted' || r.status === 'paused' ? r.status : 'wait';
     return { status, waitMs: r.waitMs };
   }

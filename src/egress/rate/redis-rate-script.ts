@@ -11,9 +11,11 @@
  *   KEYS[3] `ses-relay:{id}:pause`     hash: reason, since (delivery paused: daily quota, sending paused)
  *   KEYS[4] `ses-relay:{id}:paused`    list: `<since>:<until>` of past pauses (queue age exemption)
  *   KEYS[5] `ses-relay:{id}:probe`     string with PX: the one probe allowed per interval while paused
+ *   KEYS[6] `ses-relay:{id}:tenant:<name>` (take with a tenant rate only) string with PX: the tenant's
+ *                                      bucket, its GCRA time (tenant-bucket.ts has the arithmetic)
  * ARGV: op, now ('' = Redis TIME), rate, burst, factor, recoveryMs, holdMs, debounceMs, repeatMs, floor,
  *   claimMs, inFlightTtlMs, then the op's arguments:
- *   take n id probe | finish n id refund | throttle | read | renew id... | pause reason probeMs | resume |
+ *   take n id probe [tenantRate] | finish n id refund | throttle | read | renew id... | pause reason probeMs | resume |
  *   probe ms
  * Returns (strings): status, waitMs, level, fraction, inFlight, hold, pauseReason, pauseSince, events,
  *   reports, reaction.
@@ -149,10 +151,27 @@ end
 
 if op == 'take' then
   local n = tonumber(ARGV[13])
-  status, waitMs = take(n, ARGV[14], pauseReason ~= '', ARGV[15] == '1')
-  if status == 'granted' then
-    redis.call('ZADD', KEYS[2], now + ttl, ARGV[14])
-    inflight = inflight + n
+  -- A tenant's own rate_limit first (tenant-bucket.ts): at its limit, 'tenant' and nothing is taken.
+  local trate = tonumber(ARGV[16] or '')
+  local tat = 0
+  if trate ~= nil and trate > 0 and KEYS[6] ~= nil then
+    tat = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+    local cap = math.max(1, trate)
+    local over = math.max(0, tat - now) - (cap - math.min(n, cap)) * 1000 / trate
+    if over > 1e-9 then status = 'tenant'; waitMs = over end
+  else
+    trate = nil
+  end
+  if status ~= 'tenant' then
+    status, waitMs = take(n, ARGV[14], pauseReason ~= '', ARGV[15] == '1')
+    if status == 'granted' then
+      redis.call('ZADD', KEYS[2], now + ttl, ARGV[14])
+      inflight = inflight + n
+      if trate ~= nil then
+        local after = math.max(tat, now) + n * 1000 / trate
+        redis.call('SET', KEYS[6], fmt(after), 'PX', math.max(1, math.ceil(after - now)) + 60000)
+      end
+    end
   end
   dirty = true
 elseif op == 'finish' then
