@@ -16,6 +16,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { silentLogger } from '../src/observability/logger';
+import Database from 'better-sqlite3';
+import { LEASABLE_TENANTS_SQL, TENANT_LEASE_SQL } from '../src/spool/spool-schema';
 import { SqliteSpool } from '../src/spool/sqlite-spool';
 import type { ReceivedMessage } from './helpers/fake-ses';
 import { messageBody, startEgress, type EgressHarness } from './helpers/egress-harness';
@@ -199,6 +201,27 @@ describe('the fair lease keeps ordered groups and holds', () => {
       );
     } finally {
       await spool.close();
+    }
+  });
+
+  test("the fair lease's queries use the tenant index (EXPLAIN QUERY PLAN): no scan of the backlog", async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tenant-lease-'));
+    const spool = await SqliteSpool.open({ dir, logger: silentLogger });
+    await spool.close();
+    const db = new Database(path.join(dir, 'spool.db'), { readonly: true });
+    try {
+      const plan = (sql: string, params: object) =>
+        (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(params) as Array<{ detail: string }>)
+          .map((r) => r.detail)
+          .join('; ');
+      const page = plan(TENANT_LEASE_SQL, { tenant: 'a', now: 1, afterDue: -1, afterSeq: -1, limit: 8 });
+      assert.match(page, /SEARCH messages USING INDEX messages_tenant_due \(tenant=\?/, page);
+      assert.doesNotMatch(page, /TEMP B-TREE|SCAN messages/, page);
+      const tenants = plan(LEASABLE_TENANTS_SQL, {});
+      assert.match(tenants, /messages_tenant_due/, tenants);
+      assert.doesNotMatch(tenants, /SCAN messages|TEMP B-TREE/, tenants);
+    } finally {
+      db.close();
     }
   });
 

@@ -6,8 +6,9 @@
  * - Each tenant with leasable messages is a queue of its own: its due messages oldest due first, read a page
  *   at a time from the partial index `messages_tenant_due` (tenant, due_at), keyset-paged by (due_at, rowid), so a lease
  *   reads only the rows it hands out plus the few it skips (leased, pinned, held back, or behind their
- *   predecessor in an ordered group); no scan of the backlog. The tenants are found by a skip scan of the
- *   same index (one seek per tenant).
+ *   predecessor in an ordered group); no scan of the backlog. The tenants with something due, and the
+ *   earliest due time of each, come from a skip scan of the same index (two seeks per tenant); a tenant's
+ *   rows are read only when the fair order reaches it, so a lease of one message reads about one page.
  * - Across tenants the order is start-time fair queuing (fair-clock.ts), by recipients, with each message's
  *   stored weight (TENANT_WEIGHTS of its tenant's priority when it was accepted): while several tenants have
  *   mail due, each gets leases in proportion to its weight; a tenant that had nothing waiting is served
@@ -101,19 +102,29 @@ class TenantQueue {
 export function leaseFair(ctx: SpoolContext, max: number, now: number): QueuedMessage[] {
   const { stmt, leases, fair } = ctx;
   if (max <= 0) return [];
+  // Tenants with something due (from the index alone); a tenant's rows are read only when its turn comes.
+  const tenants = stmt.leasableTenants.all() as Array<{ name: string; due: number }>;
+  const candidates = tenants.filter((t) => t.due <= now).map((t) => t.name);
+  const queues = new Map<string, TenantQueue>();
   // Room for what is leased already (at the front of a tenant's queue) plus a few held-back messages.
   const pageSize = Math.min(1024, max + leases.size + 8);
-  const queues = (stmt.leasableTenants.pluck().all() as string[])
-    .map((tenant) => new TenantQueue(ctx, tenant, now, pageSize))
-    .filter((q) => q.head !== undefined);
   const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
-  while (leased.length < max && queues.length > 0) {
-    const q = fair.pick(queues, (x) => x.tenant) as TenantQueue;
-    const row = q.head as LeaseRow;
+  while (leased.length < max && candidates.length > 0) {
+    const tenant = fair.pick(candidates, (x) => x) as string;
+    let q = queues.get(tenant);
+    if (!q) {
+      q = new TenantQueue(ctx, tenant, now, pageSize);
+      queues.set(tenant, q);
+    }
+    const row = q.head;
+    if (row === undefined) {
+      candidates.splice(candidates.indexOf(tenant), 1); // only leased, held back or blocked messages
+      continue;
+    }
     const recipients = stmt.pendingRecipients.pluck().all(row.id) as string[];
     if (recipients.length > 0) {
       // (none cannot happen: waiting rows have waiting recipients)
-      fair.charge(q.tenant, recipients.length, row.tenant_weight);
+      fair.charge(tenant, recipients.length, row.tenant_weight);
       leased.push({
         id: row.id,
         envelope: { mailFrom: row.mail_from, recipients },
@@ -126,7 +137,6 @@ export function leaseFair(ctx: SpoolContext, max: number, now: number): QueuedMe
       });
     }
     q.advance();
-    if (q.head === undefined) queues.splice(queues.indexOf(q), 1);
   }
   return leased.map(({ state, ...message }) => {
     leases.take(message.id, state);

@@ -234,14 +234,15 @@ export const TENANT_LEASE_SQL = `SELECT rowid AS seq, ${LEASE_COLUMNS} FROM mess
     AND (due_at > @afterDue OR (due_at = @afterDue AND rowid > @afterSeq))
   ORDER BY due_at, rowid LIMIT @limit`;
 /**
- * The tenants that have leasable messages, by a skip scan of \`messages_tenant_due\` (one index seek per
- * tenant, however many messages each has).
+ * The tenants that have leasable messages, each with its earliest due time, by a skip scan of
+ * `messages_tenant_due`: two index seeks per tenant, however many messages each has.
  */
 export const LEASABLE_TENANTS_SQL = `WITH RECURSIVE t(name) AS (
     SELECT (SELECT min(tenant) FROM messages WHERE ${LEASABLE})
     UNION ALL
     SELECT (SELECT min(tenant) FROM messages WHERE ${LEASABLE} AND tenant > t.name) FROM t WHERE t.name IS NOT NULL
-  ) SELECT name FROM t WHERE name IS NOT NULL`;
+  ) SELECT name, (SELECT min(due_at) FROM messages WHERE ${LEASABLE} AND tenant = t.name) AS due
+    FROM t WHERE name IS NOT NULL`;
 /** Leasable messages in due order, for nextDueAt (same index). */
 export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE ${LEASABLE} ORDER BY due_at`;
 /** Oldest message still to be delivered (min of the partial index `messages_received`). */
