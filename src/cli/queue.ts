@@ -136,7 +136,18 @@ function formatSummary(s: SpoolSummary): string[] {
 
 function formatList(entries: QueueEntry[], state: StoredMessageState | undefined, now: number): string[] {
   if (entries.length === 0) return [state ? `no ${state} messages` : 'no messages waiting'];
-  const header = ['QUEUE-ID', 'STATE', 'AGE', 'RECEIVED', 'FROM', 'RCPT', 'WAITING', 'FAILED', 'TRIES'];
+  const header = [
+    'QUEUE-ID',
+    'STATE',
+    'AGE',
+    'RECEIVED',
+    'FROM',
+    'TENANT',
+    'RCPT',
+    'WAITING',
+    'FAILED',
+    'TRIES',
+  ];
   header.push(state === 'failed' ? 'FINISHED' : 'NEXT-ATTEMPT', 'LAST-REPLY');
   const rows = entries.map((e) => [
     e.id,
@@ -144,6 +155,7 @@ function formatList(entries: QueueEntry[], state: StoredMessageState | undefined
     age(now - e.receivedAt),
     time(e.receivedAt),
     e.mailFrom === '' ? '<>' : e.mailFrom,
+    e.tenant,
     String(e.recipients),
     String(e.waitingRecipients),
     String(e.failedRecipients),

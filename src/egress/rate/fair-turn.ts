@@ -28,6 +28,7 @@ export class FairTurn {
   private readonly notBefore = new Map<string, number>();
   private busy = false;
   private timer?: NodeJS.Timeout;
+  private timerAt = Infinity;
 
   constructor(private readonly now: () => number) {}
 
@@ -101,18 +102,24 @@ export class FairTurn {
 
   /** Every waiting tenant is at its limit: look again when the first one has room. */
   private wakeAtNextEligible(now: number): void {
-    if (this.timer) return;
     let at = Infinity;
     for (const w of this.waiting) at = Math.min(at, this.notBefore.get(w.tenant) ?? now);
-    const delay = Math.max(1, Math.ceil(at - now));
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.dispatch();
-    }, delay);
+    if (this.timer && this.timerAt <= at) return;
+    this.stop();
+    this.timerAt = at;
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = Infinity;
+        this.dispatch();
+      },
+      Math.max(1, Math.ceil(at - now)),
+    );
   }
 
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.timerAt = Infinity;
   }
 }
