@@ -163,5 +163,61 @@ describe(
         await Promise.all(replicas.map((r) => r.stop()));
       }
     });
+
+    test('weights hold across replicas: a high tenant on one replica, a bulk tenant on the other, 8:1', async () => {
+      const limiterId = `tenant-w-${process.pid}-${Date.now()}`;
+      const [a, b] = await Promise.all(
+        [0, 1].map(() => createAdmission(settings({ redisUrl: redis.url, limiterId, rate: 100, burst: 10 }))),
+      );
+      const abort = new AbortController();
+      setMaxListeners(64, abort.signal);
+      try {
+        const grants: TenantGrant[] = [];
+        const until = performance.now() + 3000;
+        const bulk: Tenant = { name: 'newsletter', priority: 'bulk' };
+        const high: Tenant = { name: 'alerts', priority: 'high' };
+        // Each replica holds one tenant's mail only: without a shared clock they would split the rate 1:1.
+        await Promise.all([
+          keepAsking(a, bulk, 2, 4, until, grants, abort.signal),
+          keepAsking(b, high, 2, 4, until, grants, abort.signal),
+        ]);
+        const steady = grants.filter((g) => g.at <= until).slice(10);
+        const share = (name: string) =>
+          steady.filter((g) => g.tenant === name).reduce((x, g) => x + g.n, 0) /
+          steady.reduce((x, g) => x + g.n, 0);
+        assert.ok(share('alerts') >= 0.75, `high tenant's share ${share('alerts').toFixed(3)} (8/9 = 0.889)`);
+        assert.ok(share('newsletter') >= 0.03, `bulk tenant starved: ${share('newsletter').toFixed(3)}`);
+        // Work conserving: together they still get the rate.
+        assert.ok(steady.reduce((x, g) => x + g.n, 0) >= 100 * 2, 'the shared rate was used');
+      } finally {
+        abort.abort();
+        await Promise.all([a, b].map((r) => r.stop()));
+      }
+    });
+
+    test("a tenant's one transaction on another replica goes after at most one of a bulk backlog's", async () => {
+      const limiterId = `tenant-t-${process.pid}-${Date.now()}`;
+      const [a, b] = await Promise.all(
+        [0, 1].map(() => createAdmission(settings({ redisUrl: redis.url, limiterId, rate: 100, burst: 50 }))),
+      );
+      const abort = new AbortController();
+      setMaxListeners(64, abort.signal);
+      try {
+        const grants: TenantGrant[] = [];
+        const bulk: Tenant = { name: 'newsletter', priority: 'bulk' };
+        const load = keepAsking(a, bulk, 50, 8, performance.now() + 4000, grants, abort.signal);
+        await sleep(1200);
+        const asked = grants.length;
+        const ticket = await b.admit(1, abort.signal, { tenant: { name: 'shop', priority: 'normal' } });
+        const bulkAhead = grants.length - asked;
+        await ticket.settle({ delivered: 1 });
+        assert.ok(bulkAhead <= 1, `${bulkAhead} bulk transactions were granted before the shop's one`);
+        abort.abort();
+        await load;
+      } finally {
+        abort.abort();
+        await Promise.all([a, b].map((r) => r.stop()));
+      }
+    });
   },
 );

@@ -34,7 +34,7 @@ import {
   limiterWaitSeconds,
   registerAdmissionMetrics,
 } from './admission-metrics';
-import type { AdmissionBackend, DeliveryPauseState, PauseReason, TenantLimit } from './backend';
+import type { AdmissionBackend, DeliveryPauseState, PauseReason, TenantShare } from './backend';
 import { DeliveryPause, type ProbeVerdict } from './delivery-pause';
 import type { PauseLedger } from './pause-ledger';
 import type { SesAccount } from './ses-account';
@@ -213,7 +213,7 @@ export class RateAdmission implements Admission {
             id,
             probe,
             signal,
-            limit !== undefined ? { name, rate: limit } : undefined,
+            limit !== undefined ? { name, weight, rate: limit } : { name, weight },
           );
           if (waitMs === 0) {
             granted = true;
@@ -252,11 +252,11 @@ export class RateAdmission implements Admission {
     id: string,
     probe: boolean,
     signal: AbortSignal,
-    tenantLimit: TenantLimit | undefined,
+    tenant: TenantShare,
   ): Promise<number> {
     for (;;) {
       this.check(signal, probe);
-      const r = await this.backend.take(n, id, probe, tenantLimit);
+      const r = await this.backend.take(n, id, probe, tenant);
       if (r.status === 'granted') return 0;
       if (r.status === 'paused') throw new DeliveryPausedError(this.pausedReason() ?? 'daily-quota-exceeded');
       if (r.status === 'tenant-wait') return Math.max(1, r.waitMs);

@@ -16,7 +16,7 @@ import type {
   DeliveryPauseState,
   PauseReason,
   TakeAnswer,
-  TenantLimit,
+  TenantShare,
 } from './backend';
 import type { PauseLedger } from './pause-ledger';
 import { emptyState, finish, fraction, take, throttle, type RateParams, type RateState } from './rate-state';
@@ -59,10 +59,12 @@ export class LocalBackend implements AdmissionBackend {
     return true;
   }
 
-  async take(n: number, id: string, probe: boolean, tenant?: TenantLimit): Promise<TakeAnswer> {
+  async take(n: number, id: string, probe: boolean, tenant?: TenantShare): Promise<TakeAnswer> {
     const now = this.clock();
-    if (tenant) {
-      const wait = tenantWait(this.tenantTat.get(tenant.name) ?? 0, tenant.rate, n, now);
+    // The weight is the fair turn's business in one process; only the tenant's own limit is checked here.
+    const limited = tenant?.rate !== undefined ? { name: tenant.name, rate: tenant.rate } : undefined;
+    if (limited) {
+      const wait = tenantWait(this.tenantTat.get(limited.name) ?? 0, limited.rate, n, now);
       if (wait > 0) return { status: 'tenant-wait', waitMs: wait };
     }
     const paused = this.ledger.current !== undefined;
@@ -70,12 +72,12 @@ export class LocalBackend implements AdmissionBackend {
     if (r.status === 'granted') {
       this.inFlight.set(id, n);
       this.inFlightSum += n;
-      if (tenant) this.chargeTenant(tenant, n, now);
+      if (limited) this.chargeTenant(limited, n, now);
     }
     return r;
   }
 
-  private chargeTenant(tenant: TenantLimit, n: number, now: number): void {
+  private chargeTenant(tenant: { name: string; rate: number }, n: number, now: number): void {
     this.tenantTat.set(
       tenant.name,
       tenantTatAfter(this.tenantTat.get(tenant.name) ?? 0, tenant.rate, n, now),

@@ -31,7 +31,7 @@ import {
   type DeliveryPauseState,
   type PauseReason,
   type TakeAnswer,
-  type TenantLimit,
+  type TenantShare,
 } from './backend';
 import type { PauseLedger } from './pause-ledger';
 import type { RateParams, Reaction } from './rate-state';
@@ -51,6 +51,8 @@ export interface RedisBackendOptions {
   probeMs?: number;
   /** In-flight entries stop counting this long after their last renewal (default 2000 ms). */
   inFlightTtlMs?: number;
+  /** LIMITER_HEARTBEAT: the longest a waiting transaction goes without asking again (default 50 ms). */
+  heartbeatMs?: number;
 }
 
 type RateCommand = (...args: string[]) => Promise<unknown>;
@@ -58,8 +60,12 @@ type RateCommand = (...args: string[]) => Promise<unknown>;
 export class RedisBackend implements AdmissionBackend {
   readonly kind = 'redis';
   readonly keys: string[];
-  /** Prefix of the tenants' bucket keys (same hash tag). */
+  /** Prefix of the tenants' keys (same hash tag). */
   private readonly tenantKeyPrefix: string;
+  /** The tenants with a transaction waiting for the shared bucket: by start tag, by last ask. */
+  private readonly waitingKeys: [string, string];
+  /** A waiting tenant no replica asked for this long is forgotten (it stopped waiting or died). */
+  private readonly waitingTtlMs: number;
   private readonly params: RateParams;
   private readonly client: Redis;
   private readonly replica = randomBytes(4).toString('hex');
@@ -99,6 +105,11 @@ export class RedisBackend implements AdmissionBackend {
       (k) => `ses-relay:{${options.limiterId}}:${k}`,
     );
     this.tenantKeyPrefix = `ses-relay:{${options.limiterId}}:tenant:`;
+    this.waitingKeys = [
+      `ses-relay:{${options.limiterId}}:waiting`,
+      `ses-relay:{${options.limiterId}}:waiting-seen`,
+    ];
+    this.waitingTtlMs = 4 * (options.heartbeatMs ?? 50) + 100;
     const timeout = options.commandTimeoutMs ?? 1000;
     const clientOptions: RedisOptions = {
       enableOfflineQueue: false,
@@ -115,7 +126,7 @@ export class RedisBackend implements AdmissionBackend {
     this.client.on('close', () => {
       if (this.isAvailable) this.setAvailable(false, new Error('Redis connection closed'));
     });
-    this.client.defineCommand('sesRelayRate', { numberOfKeys: 6, lua: RATE_LUA });
+    this.client.defineCommand('sesRelayRate', { numberOfKeys: 8, lua: RATE_LUA });
     this.timer = setInterval(() => void this.poll(), options.probeMs ?? 250);
     this.timer.unref();
   }
@@ -140,7 +151,7 @@ export class RedisBackend implements AdmissionBackend {
     return this.callWith(`${this.tenantKeyPrefix}-`, op, ...args);
   }
 
-  /** One script call; `tenantKey` is KEYS[6] (read only by a take with a tenant rate). */
+  /** One script call; `tenantKey` is KEYS[6] (read only by a take for a tenant). */
   private async callWith(tenantKey: string, op: string, ...args: string[]): Promise<RateReply> {
     if (this.stopped) throw new LimiterUnavailableError('limiter stopped');
     const p = this.params;
@@ -150,6 +161,8 @@ export class RedisBackend implements AdmissionBackend {
       raw = await cmd(
         ...this.keys,
         tenantKey,
+        this.waitingKeys[0],
+        this.waitingKeys[1],
         op,
         '',
         String(p.rate),
@@ -241,13 +254,16 @@ export class RedisBackend implements AdmissionBackend {
     }
   }
 
-  async take(n: number, id: string, probe: boolean, tenant?: TenantLimit): Promise<TakeAnswer> {
+  async take(n: number, id: string, probe: boolean, tenant?: TenantShare): Promise<TakeAnswer> {
     if (!this.available()) {
       throw new LimiterUnavailableError('limiter unavailable: Redis unreachable, delivery paused');
     }
     const member = `${this.replica}:${id}:${n}`;
     const args = [String(n), member, probe ? '1' : '0'];
-    if (tenant) args.push(String(tenant.rate));
+    if (tenant) {
+      const rate = tenant.rate !== undefined ? String(tenant.rate) : '';
+      args.push(rate, String(tenant.weight), tenant.name, String(this.waitingTtlMs));
+    }
     const key = tenant ? this.tenantKeyPrefix + tenant.name : `${this.tenantKeyPrefix}-`;
     const r = await this.callWith(key, 'take', ...args);
     if (r.status === 'granted') this.track(member);
