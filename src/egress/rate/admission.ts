@@ -16,7 +16,8 @@
  *    transaction that would then queue inside the transport's pool waiting for a connection.
  * 4. The recipient tokens of the rate formula (rate-state.ts), in the process or shared through Redis
  *    (local-backend.ts, redis-backend.ts), and with them, for a tenant with a rate_limit, its own bucket
- *    (same back end: shared across replicas with Redis). A granted transaction counts as in flight until
+ *    (same back end: shared across replicas with Redis, where the script also keeps the weights across
+ *    replicas on one virtual clock). A granted transaction counts as in flight until
  *    settled, and the bucket leaves room for what is in flight, so arrivals at SES stay within SES's
  *    bucket whatever the grant-to-arrival delays.
  * 5. Feedback: a throttled outcome drives the throttle reaction (drain and hold, or AIMD decrease), a

@@ -10,6 +10,10 @@
  *   transaction finished. While it runs the replica renews it every `inFlightTtlMs / 4` (a 40 MB body can
  *   take far longer than the TTL); a replica killed mid-transaction stops renewing and its entries stop
  *   counting `inFlightTtlMs` after the last renewal (by then the transaction arrived at SES or never will).
+ * - Tenants: a take for a tenant passes its key (`tenant:<name>`: its rate_limit bucket and its finish tag)
+ *   and its weight; the script checks the limit, then the tenant's turn on one weighted virtual clock
+ *   shared by every replica (the `waiting` registry: a tenant whose start tag is ahead of another asking
+ *   tenant's waits for it), so weights hold across replicas, not only within each one's fair turn.
  * - Throttling, pause, probe: the script's `throttle`, `pause`, `resume` and `probe` operations. Every
  *   replica polls the state every `probeMs` (a cheap read that is also the health check) to learn a pause,
  *   its end, or the fraction another replica set.
