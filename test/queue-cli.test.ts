@@ -224,7 +224,7 @@ describe('queue inspection (SpoolInspector and the queue CLI)', () => {
     const lines = text(list).trimEnd().split('\n');
     assert.match(
       lines[0],
-      /^QUEUE-ID +STATE +AGE +RECEIVED +FROM +RCPT +WAITING +FAILED +TRIES +NEXT-ATTEMPT +LAST-REPLY$/,
+      /^QUEUE-ID +STATE +AGE +RECEIVED +FROM +TENANT +RCPT +WAITING +FAILED +TRIES +NEXT-ATTEMPT +LAST-REPLY$/,
     );
     assert.equal(lines.length, 5);
     assert.match(lines[1], new RegExp(`^${ids.pending} +queued `));

@@ -322,7 +322,7 @@ describe('schema version 3', () => {
     const check = new Database(path.join(dir, 'spool.db'), { readonly: true });
     try {
       assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-      assert.equal(SCHEMA_VERSION, 3);
+      assert.ok(SCHEMA_VERSION >= 3);
     } finally {
       check.close();
     }

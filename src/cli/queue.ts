@@ -18,7 +18,12 @@ import { once } from 'node:events';
 import ms from 'ms';
 import { ConfigError, loadConfig } from '../config';
 import { ACTION_USAGE, isQueueAction, runQueueAction } from './queue-actions';
-import { STORED_MESSAGE_STATES, type StoredMessageState } from '../types';
+import {
+  STORED_MESSAGE_STATES,
+  UNAUTHENTICATED_TENANT,
+  type StoredMessageState,
+  type Tenant,
+} from '../types';
 import {
   SpoolInspector,
   SpoolUnreadableError,
@@ -131,7 +136,18 @@ function formatSummary(s: SpoolSummary): string[] {
 
 function formatList(entries: QueueEntry[], state: StoredMessageState | undefined, now: number): string[] {
   if (entries.length === 0) return [state ? `no ${state} messages` : 'no messages waiting'];
-  const header = ['QUEUE-ID', 'STATE', 'AGE', 'RECEIVED', 'FROM', 'RCPT', 'WAITING', 'FAILED', 'TRIES'];
+  const header = [
+    'QUEUE-ID',
+    'STATE',
+    'AGE',
+    'RECEIVED',
+    'FROM',
+    'TENANT',
+    'RCPT',
+    'WAITING',
+    'FAILED',
+    'TRIES',
+  ];
   header.push(state === 'failed' ? 'FINISHED' : 'NEXT-ATTEMPT', 'LAST-REPLY');
   const rows = entries.map((e) => [
     e.id,
@@ -139,6 +155,7 @@ function formatList(entries: QueueEntry[], state: StoredMessageState | undefined
     age(now - e.receivedAt),
     time(e.receivedAt),
     e.mailFrom === '' ? '<>' : e.mailFrom,
+    e.tenant,
     String(e.recipients),
     String(e.waitingRecipients),
     String(e.failedRecipients),
@@ -147,6 +164,18 @@ function formatList(entries: QueueEntry[], state: StoredMessageState | undefined
     e.lastReply === undefined ? '-' : oneLine(withCode(e.lastCode, e.lastReply)),
   ]);
   return table([header, ...rows]);
+}
+
+/** The tenant of a message, as `queue show` prints it (mail without one: the trusted-networks tenant). */
+function formatTenant(t: Tenant | undefined): string {
+  if (!t) return `${UNAUTHENTICATED_TENANT} (priority normal)`;
+  const parts = [`priority ${t.priority}`];
+  if (t.rateLimit !== undefined) parts.push(`rate limit ${t.rateLimit}/s`);
+  if (t.dailyQuota !== undefined) parts.push(`daily quota ${t.dailyQuota}`);
+  if (t.configurationSet) parts.push(`configuration set ${t.configurationSet}`);
+  const tags = Object.entries(t.tags ?? {});
+  if (tags.length) parts.push(`tags ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`);
+  return `${t.name} (${parts.join(', ')})`;
 }
 
 function formatShow(m: MessageDetail): string[] {
@@ -160,6 +189,7 @@ function formatShow(m: MessageDetail): string[] {
     `size:        ${m.size} bytes (${m.body.storage === 'file' ? `file ${m.body.path}` : 'inline'})`,
     `attempts:    ${m.attempts}`,
   ];
+  lines.push(`tenant:      ${formatTenant(m.reception.tenant)}`);
   if (m.reception.notification) {
     lines.push(`notification: ${m.reception.notification} for ${m.reception.notificationFor ?? '-'}`);
   }

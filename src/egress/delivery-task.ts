@@ -18,6 +18,8 @@ export interface Task {
   unrecordedDelivered: number;
   /** The one message let through while delivery is paused (its first transaction is the probe). */
   probe: boolean;
+  /** Its queue wait was observed (first transaction of the attempt). */
+  waitObserved?: boolean;
 }
 
 /** What an attempt has learnt so far: outcomes already durable, outcomes to write, deferrals. */

@@ -41,6 +41,7 @@ import { DeliveryPausedError, LimiterUnavailableError } from './rate/admission-e
 import { outcomeCounts, type Admission, type Ticket } from './rate/admission';
 import type { RecipientResult, Transport } from './transport/transport';
 import { sendUpstream } from './upstream-send';
+import { tenantChunk } from './rate/tenant-bucket';
 import { releaseAbandoned, type Attempt, type Task } from './delivery-task';
 import { reportAttempt } from './delivery-report';
 
@@ -317,16 +318,18 @@ export class Dispatcher {
       await this.settle(task, attempt);
       return;
     }
-    for (let i = 0; i < allowed.length; i += this.chunkSize) {
-      const chunk = allowed.slice(i, i + this.chunkSize);
-      const go = await this.beforeTransaction(task, attempt, allowed.slice(i));
+    // A tenant with a rate_limit sends transactions no larger than its bucket (tenant-bucket.ts).
+    const chunkSize = tenantChunk(m.reception.tenant?.rateLimit, this.chunkSize);
+    for (let i = 0; i < allowed.length; i += chunkSize) {
+      const chunk = allowed.slice(i, i + chunkSize);
+      const go = await this.beforeTransaction(task, attempt, allowed.slice(i), chunkSize);
       if (go === 'released' || task.abandoned) return;
       if (go === 'stop') break;
       attempt.attempted = true;
       const results = await this.sendTransaction(task, chunk, go);
       if (task.abandoned) return;
       classifyResults(results, attempt.outcomes, attempt.deferrals);
-      const more = i + this.chunkSize < allowed.length;
+      const more = i + chunkSize < allowed.length;
       if (more && attempt.outcomes.length > 0) {
         // Make this transaction's outcomes durable before the next one: a crash from here on re-sends
         // only the transaction in flight, never this one.
@@ -355,9 +358,10 @@ export class Dispatcher {
     task: Task,
     attempt: Attempt,
     rest: string[],
+    chunkSize: number,
   ): Promise<Ticket | 'stop' | 'released'> {
     const m = task.message;
-    const size = Math.min(this.chunkSize, rest.length);
+    const size = Math.min(chunkSize, rest.length);
     const untouched = () => !attempt.attempted && attempt.outcomes.length === 0;
     const deferRest = (reason: DeferralReason, reply: string): 'stop' => {
       for (const recipient of rest) {
@@ -378,6 +382,7 @@ export class Dispatcher {
       await this.writer.whenUnblocked(this.abort.signal);
       return await this.admission.admit(size, this.abort.signal, {
         probe: task.probe && !attempt.attempted,
+        tenant: m.reception.tenant,
         beforeTokens: () => this.writer.whenUnblocked(this.abort.signal),
       });
     } catch (err) {
@@ -412,7 +417,8 @@ export class Dispatcher {
     task.sending = true;
     let results: RecipientResult[];
     try {
-      results = await sendUpstream(this, task.message, recipients);
+      results = await sendUpstream(this, task.message, recipients, !task.waitObserved);
+      task.waitObserved = true;
     } finally {
       task.sending = false;
     }

@@ -67,3 +67,22 @@ export const deliveryInFlight = new Gauge({
   help: 'SMTP transactions with SES currently in progress',
   registers,
 });
+
+/**
+ * Per tenant (label `tenant`: tenant-label.ts, the first 100 tenant names, then `other`; at most 101 values):
+ * recipients of upstream transactions by SES's answer (`status`: delivered, throttled, transient,
+ * permanent, network; at most 5 values), and the queue wait of each message's first attempt.
+ */
+export const tenantRecipientsSent = new Counter({
+  name: `${p}tenant_recipients_sent_total`,
+  help: 'Recipients sent to SES per tenant, by SES answer (delivered, throttled, transient, permanent, network)',
+  labelNames: ['tenant', 'status'] as const,
+  registers,
+});
+export const tenantQueueWait = new Histogram({
+  name: `${p}tenant_queue_wait_seconds`,
+  help: "Seconds from a message's acceptance (250 to the client) to SES's answer to its first attempt, per tenant",
+  labelNames: ['tenant'] as const,
+  buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600],
+  registers,
+});

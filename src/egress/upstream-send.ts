@@ -5,14 +5,23 @@
  */
 import type { Logger } from '../observability/logger';
 import type { QueuedMessage, Spool } from '../spool/spool';
-import { deliveryInFlight, upstreamLatency, upstreamReplies } from './egress-metrics';
+import { tenantLabel } from '../observability/tenant-label';
+import {
+  deliveryInFlight,
+  tenantQueueWait,
+  tenantRecipientsSent,
+  upstreamLatency,
+  upstreamReplies,
+} from './egress-metrics';
 import type { RecipientResult, Transport } from './transport/transport';
 
 export async function sendUpstream(
   ctx: { transport: Transport; spool: Spool; logger: Logger },
   m: QueuedMessage,
   recipients: string[],
+  firstOfAttempt = false,
 ): Promise<RecipientResult[]> {
+  const tenant = m.reception.tenant;
   deliveryInFlight.inc();
   const t0 = process.hrtime.bigint();
   let results: RecipientResult[];
@@ -23,6 +32,8 @@ export async function sendUpstream(
       recipients,
       body: () => ctx.spool.openBody(m.id),
       size: m.size,
+      ...(tenant?.configurationSet ? { configurationSet: tenant.configurationSet } : {}),
+      ...(tenant?.tags && Object.keys(tenant.tags).length ? { tags: tenant.tags } : {}),
     });
   } catch (err) {
     // Transports classify everything; a throw is a bug or an unreadable body: retry later.
@@ -38,5 +49,23 @@ export async function sendUpstream(
   }
   upstreamLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
   for (const code of new Set(results.map((r) => r.code))) upstreamReplies.inc({ code: String(code) });
+  observeTenant(m, results, firstOfAttempt);
   return results;
+}
+
+/**
+ * The per-tenant metrics (bounded label, tenant-label.ts): recipients by SES's answer, and for the first
+ * transaction of a message's first attempt its queue wait, acceptance to SES's answer.
+ */
+function observeTenant(m: QueuedMessage, results: RecipientResult[], firstOfAttempt: boolean): void {
+  const tenant = tenantLabel(m.reception.tenant);
+  const byClass = new Map<string, number>();
+  for (const r of results) {
+    const status = r.code === 0 && r.class !== 'delivered' ? 'network' : r.class;
+    byClass.set(status, (byClass.get(status) ?? 0) + 1);
+  }
+  for (const [status, n] of byClass) tenantRecipientsSent.inc({ tenant, status }, n);
+  if (firstOfAttempt && m.attempts === 0) {
+    tenantQueueWait.observe({ tenant }, Math.max(0, Date.now() - m.reception.receivedAt) / 1000);
+  }
 }

@@ -146,7 +146,13 @@ export class Notifier {
       queueId = await spool.storeNotification(p.id, {
         envelope: { mailFrom: settings.bounceFrom, recipients: [p.mailFrom] },
         body,
-        reception: { clientAddress: 'local', notification: p.type, notificationFor: p.messageId },
+        reception: {
+          clientAddress: 'local',
+          notification: p.type,
+          notificationFor: p.messageId,
+          // The tenant of the message reported on: its fair share, its SES settings.
+          ...(p.tenant ? { tenant: p.tenant } : {}),
+        },
       });
     } catch (err) {
       if (err instanceof NotificationNotOwedError) return; // stored already: never twice

@@ -6,6 +6,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { Logger } from '../observability/logger';
+import type { FairClock } from './fair-clock';
 import type { GroupCommitter } from './group-commit';
 import type { SpoolCounters } from './spool-counters';
 import type { LeaseTable } from './spool-leases';
@@ -27,6 +28,8 @@ export interface SpoolContext {
   readonly leases: LeaseTable;
   readonly ledger: NotificationLedger;
   readonly counters: SpoolCounters;
+  /** The fair lease's virtual clock across tenants (memory only). */
+  readonly fair: FairClock;
   /** True from the moment `close()` began. */
   isClosed(): boolean;
   /** Tell the notifier that a commit made a notification owed. */

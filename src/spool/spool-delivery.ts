@@ -1,9 +1,10 @@
 /**
  * The delivery side of SqliteSpool: `lease`, `nextDueAt`, `openBody`, `record`, `settle` and `release`.
  * The durability rules of spool.ts for them are kept here (with the lease table, spool-leases.ts):
- * - `lease` hands out due messages at most once until settled or released; leases live only in memory,
- *   so after a restart every unfinished message is due again (at-least-once). A message of an ordered
- *   group (spool-group.ts) is skipped while its predecessor is still to be delivered.
+ * - `lease` hands out due messages at most once until settled or released, in weighted fair order across
+ *   tenants and oldest due first within one (spool-fair.ts); leases live only in memory, so after a
+ *   restart every unfinished message is due again (at-least-once). A message of an ordered group
+ *   (spool-group.ts) is skipped while its predecessor is still to be delivered.
  * - `record` and `settle` write their outcomes (spool-outcomes.ts) in ONE group-commit operation, together
  *   with any notification they make owed (spool-notifications.ts), and resolve only after its COMMIT.
  * - A record or settle whose write fails on the storage keeps its lease (and the message out of
@@ -15,7 +16,7 @@
  */
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
-import type { MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';
+import type { MessageId, MessageState, RecipientOutcome } from '../types';
 import { bodyFilePath, removeQuietly } from './body-files';
 import type { OpResult } from './group-commit';
 import { SpoolWriteError, type QueuedMessage, type SettleOptions } from './spool';
@@ -23,33 +24,12 @@ import type { SpoolContext } from './spool-context';
 import { isBlocked } from './spool-group';
 import { spoolWriteErrors } from './spool-metrics';
 import { applyOutcomes, finishAttempt } from './spool-outcomes';
-import { parseReception, type MessageRow } from './spool-schema';
+import { leaseFair } from './spool-fair';
+import type { MessageRow } from './spool-schema';
 
-/** Up to `max` due, unleased messages, oldest due first; each is leased. */
+/** Up to `max` due, unleased messages in weighted fair order across tenants (spool-fair.ts); each is leased. */
 export function leaseDue(ctx: SpoolContext, max: number, now: number): QueuedMessage[] {
-  const { stmt, leases } = ctx;
-  const leased: Array<QueuedMessage & { state: StoredMessageState }> = [];
-  if (max <= 0) return leased;
-  for (const row of stmt.due.iterate(now) as IterableIterator<MessageRow>) {
-    if (!leases.leasable(row.id, now) || isBlocked(stmt, row.id)) continue;
-    const recipients = stmt.pendingRecipients.pluck().all(row.id) as string[];
-    if (recipients.length === 0) continue; // cannot happen: waiting rows have waiting recipients
-    leased.push({
-      id: row.id,
-      envelope: { mailFrom: row.mail_from, recipients },
-      reception: parseReception(row),
-      size: row.size,
-      attempts: row.attempts,
-      dueAt: row.due_at,
-      heldMs: row.held_ms,
-      state: row.state,
-    });
-    if (leased.length >= max) break;
-  }
-  return leased.map(({ state, ...message }) => {
-    leases.take(message.id, state);
-    return message;
-  });
+  return leaseFair(ctx, max, now);
 }
 
 /** Earliest dueAt among unleased pending messages (held-back ones at their hold time), or undefined. */

@@ -11,7 +11,7 @@ import type { MessageId } from '../types';
 import { bodyFilePath, readBody, removeQuietly, type ReadBody } from './body-files';
 import { newQueueId } from './queue-id';
 import type { GroupMessage } from './spool';
-import type { SpoolStatements } from './spool-schema';
+import { receptionJson, type SpoolStatements } from './spool-schema';
 import { insertMessage } from './spool-outcomes';
 
 export interface GroupMember {
@@ -53,20 +53,21 @@ export function insertGroup(stmt: SpoolStatements, members: GroupMember[], recei
   let recipientCount = 0;
   members.forEach(({ id, message, read }, i) => {
     const { envelope, reception, route } = message;
-    const receptionJson = JSON.stringify({
-      clientAddress: reception.clientAddress,
-      heloName: reception.heloName,
-      authUser: reception.authUser,
-      route,
-      notification: reception.notification,
-      notificationFor: reception.notificationFor,
-    });
+    const stored = receptionJson(reception, { route });
     const recipients = [...envelope.recipients];
     recipientCount += recipients.length;
     const dsn = envelope.dsn;
     insertMessage(
       stmt,
-      { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
+      {
+        id,
+        mailFrom: envelope.mailFrom,
+        receptionJson: stored,
+        receivedAt,
+        recipients,
+        dsn,
+        tenant: reception.tenant,
+      },
       read,
     );
     if (i > 0) stmt.setAfter.run(members[i - 1].id, id);

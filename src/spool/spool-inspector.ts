@@ -76,6 +76,8 @@ export interface QueueEntry {
   state: StoredMessageState;
   receivedAt: number;
   mailFrom: string;
+  /** The tenant's name (`trusted-networks` for mail without one). */
+  tenant: string;
   recipients: number;
   /** Recipients still queued or deferred. */
   waitingRecipients: number;
@@ -268,6 +270,7 @@ export class SpoolInspector {
         state: row.state,
         receivedAt: row.received_at,
         mailFrom: row.mail_from,
+        tenant: row.tenant,
         recipients: row.recipient_count,
         waitingRecipients: row.state === 'failed' ? 0 : row.pending_recipients,
         failedRecipients: row.failed_count,

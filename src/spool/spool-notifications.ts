@@ -23,9 +23,16 @@
  */
 import fs from 'node:fs';
 import type Database from 'better-sqlite3';
-import type { DsnReturn, MessageId, NotificationType, RecipientOutcome, RecipientState } from '../types';
+import type {
+  DsnReturn,
+  MessageId,
+  NotificationType,
+  RecipientOutcome,
+  RecipientState,
+  Tenant,
+} from '../types';
 import { bodyFilePath } from './body-files';
-import type { MessageRow, RecipientDsnRow } from './spool-schema';
+import { storedTenant, type MessageRow, type RecipientDsnRow } from './spool-schema';
 
 /** storeNotification found its owed row gone: the notification was stored already (never twice). */
 export class NotificationNotOwedError extends Error {
@@ -65,6 +72,11 @@ export interface NotificationReport {
   envid?: string;
   ret?: DsnReturn;
   recipients: NotificationRecipient[];
+  /**
+   * The tenant of the message reported on: the notification is stored with it, so it takes that tenant's
+   * fair share (a bulk sender's bounces queue behind its own mail, not in front of others').
+   */
+  tenant?: Tenant;
 }
 
 export interface PendingNotification extends NotificationReport {
@@ -318,6 +330,8 @@ export class NotificationLedger {
     };
     if (row.dsn_envid !== null) report.envid = row.dsn_envid;
     if (row.dsn_ret === 'FULL' || row.dsn_ret === 'HDRS') report.ret = row.dsn_ret;
+    const tenant = storedTenant((JSON.parse(row.reception) as { tenant?: unknown }).tenant);
+    if (tenant) report.tenant = tenant;
     this.stmt.insert.run(row.id, type, now, JSON.stringify(report), this.headersOf(row));
     return true;
   }

@@ -3,7 +3,16 @@
  * the SQL half of `SqliteSpool.store` (spool-store.ts), `record` and `settle` (spool-delivery.ts). Pure database work, re-runnable (group-commit.ts replays
  * a batch with savepoints when one operation fails); the callers do the in-memory bookkeeping on commit.
  */
-import type { EnvelopeDsn, MessageId, MessageState, RecipientOutcome, StoredMessageState } from '../types';
+import {
+  TENANT_WEIGHTS,
+  UNAUTHENTICATED_TENANT,
+  type EnvelopeDsn,
+  type MessageId,
+  type MessageState,
+  type RecipientOutcome,
+  type StoredMessageState,
+  type Tenant,
+} from '../types';
 import type { FailedMessage } from './spool';
 import { parseReception, type MessageRow, type RecipientRow, type SpoolStatements } from './spool-schema';
 
@@ -14,6 +23,8 @@ export interface NewMessage {
   receivedAt: number;
   recipients: string[];
   dsn?: EnvelopeDsn;
+  /** Its tenant (absent: UNAUTHENTICATED_TENANT, priority normal): the fair lease's queue and weight. */
+  tenant?: Tenant;
 }
 
 /**
@@ -37,6 +48,8 @@ export function insertMessage(
     m.recipients.length,
     m.dsn?.ret ?? null,
     m.dsn?.envid ?? null,
+    m.tenant?.name || UNAUTHENTICATED_TENANT,
+    TENANT_WEIGHTS[m.tenant?.priority ?? 'normal'] ?? TENANT_WEIGHTS.normal,
   );
   m.recipients.forEach((recipient, position) => {
     const dsn = m.dsn?.recipients?.[recipient];

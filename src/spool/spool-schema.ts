@@ -16,15 +16,18 @@
 import type Database from 'better-sqlite3';
 import {
   LEASABLE_MESSAGE_STATES,
+  TENANT_PRIORITIES,
+  UNAUTHENTICATED_TENANT,
   NOTIFICATION_TYPES,
   RECIPIENT_STATES,
   STORED_MESSAGE_STATES,
   type Reception,
   type RecipientState,
   type StoredMessageState,
+  type Tenant,
 } from '../types';
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 const list = (values: readonly string[]) => values.map((v) => `'${v}'`).join(', ');
 /** `state IN ('queued', 'deferred')`: the predicate of the partial indexes, repeated verbatim by queries. */
@@ -49,7 +52,9 @@ const MESSAGES_TABLE = (name: string) => `CREATE TABLE ${name} (
   dsn_envid TEXT,
   held_at INTEGER,
   held_ms INTEGER NOT NULL DEFAULT 0,
-  delay_warned INTEGER NOT NULL DEFAULT 0
+  delay_warned INTEGER NOT NULL DEFAULT 0,
+  tenant TEXT NOT NULL DEFAULT '${UNAUTHENTICATED_TENANT}',
+  tenant_weight REAL NOT NULL DEFAULT 4
 )`;
 
 const RECIPIENTS_TABLE = (name: string) => `CREATE TABLE ${name} (
@@ -79,10 +84,14 @@ const NOTIFICATIONS_TABLE = `CREATE TABLE notifications (
   UNIQUE (message_id, type)
 )`;
 
+/** Each tenant's leasable messages in due order: the fair lease's per-tenant queues (spool-fair.ts). */
+const TENANT_INDEX = `CREATE INDEX messages_tenant_due ON messages (tenant, due_at) WHERE ${LEASABLE};`;
+
 const INDEXES = `
 CREATE INDEX messages_due ON messages (due_at) WHERE ${LEASABLE};
 CREATE INDEX messages_received ON messages (received_at) WHERE ${WAITING};
 CREATE INDEX messages_finished ON messages (finished_at) WHERE state = 'failed';
+${TENANT_INDEX}
 `;
 
 const CURRENT_SCHEMA = `
@@ -150,6 +159,17 @@ ${NOTIFICATIONS_TABLE};
 PRAGMA user_version = 3;
 `;
 
+/**
+ * Version 3 -> 4: tenants. Metadata-only column additions (every existing message belongs to the
+ * trusted-networks tenant with the normal weight, as mail without a tenant does) and one partial index.
+ */
+const MIGRATE_3_TO_4 = `
+ALTER TABLE messages ADD COLUMN tenant TEXT NOT NULL DEFAULT '${UNAUTHENTICATED_TENANT}';
+ALTER TABLE messages ADD COLUMN tenant_weight REAL NOT NULL DEFAULT 4;
+${TENANT_INDEX}
+PRAGMA user_version = 4;
+`;
+
 /** The spool was written by a newer version of the relay: refuse rather than misread it. */
 export class SpoolSchemaError extends Error {
   override name = 'SpoolSchemaError';
@@ -178,7 +198,7 @@ export function migrateSchema(db: Database.Database): number {
     .get() as number;
   // MIGRATE_0_TO_1 rebuilds the tables in the current layout (every later column included), so it ends at
   // the current version; later versions apply the steps after theirs, in one transaction.
-  const steps = [MIGRATE_1_TO_2, MIGRATE_2_TO_3];
+  const steps = [MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4];
   const script = !hasMessages
     ? CURRENT_SCHEMA
     : found === 0
@@ -200,9 +220,29 @@ export function configureAndMigrate(db: Database.Database): number {
   return migrateSchema(db);
 }
 
+const LEASE_COLUMNS = `id, mail_from, reception, received_at, size, attempts, due_at, state, held_ms,
+  pending_recipients, tenant, tenant_weight`;
 /** Leasable messages in due order (uses the partial index `messages_due`). */
-export const LEASE_SQL = `SELECT id, mail_from, reception, received_at, size, attempts, due_at, state, held_ms
-  FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
+export const LEASE_SQL = `SELECT ${LEASE_COLUMNS} FROM messages WHERE ${LEASABLE} AND due_at <= ? ORDER BY due_at`;
+/**
+ * One page of a tenant's due messages in (due_at, rowid) order — rowid: the order they were stored in —
+ * after the key given: a range of the partial index `messages_tenant_due` (an index entry ends with the
+ * rowid), never a scan of other tenants' rows.
+ */
+export const TENANT_LEASE_SQL = `SELECT rowid AS seq, ${LEASE_COLUMNS} FROM messages
+  WHERE tenant = @tenant AND ${LEASABLE} AND due_at <= @now
+    AND (due_at > @afterDue OR (due_at = @afterDue AND rowid > @afterSeq))
+  ORDER BY due_at, rowid LIMIT @limit`;
+/**
+ * The tenants that have leasable messages, each with its earliest due time, by a skip scan of
+ * `messages_tenant_due`: two index seeks per tenant, however many messages each has.
+ */
+export const LEASABLE_TENANTS_SQL = `WITH RECURSIVE t(name) AS (
+    SELECT (SELECT min(tenant) FROM messages WHERE ${LEASABLE})
+    UNION ALL
+    SELECT (SELECT min(tenant) FROM messages WHERE ${LEASABLE} AND tenant > t.name) FROM t WHERE t.name IS NOT NULL
+  ) SELECT name, (SELECT min(due_at) FROM messages WHERE ${LEASABLE} AND tenant = t.name) AS due
+    FROM t WHERE name IS NOT NULL`;
 /** Leasable messages in due order, for nextDueAt (same index). */
 export const NEXT_DUE_SQL = `SELECT id, due_at FROM messages WHERE ${LEASABLE} ORDER BY due_at`;
 /** Oldest message still to be delivered (min of the partial index `messages_received`). */
@@ -229,6 +269,8 @@ export interface MessageRow {
   held_at: number | null;
   held_ms: number;
   delay_warned: number;
+  tenant: string;
+  tenant_weight: number;
 }
 
 export interface StateCountRow {
@@ -259,8 +301,8 @@ export function prepareStatements(db: Database.Database) {
   return {
     insertMessage: db.prepare(
       `INSERT INTO messages (id, mail_from, reception, received_at, size, body_in_file, state, due_at,
-                             attempts, pending_recipients, dsn_ret, dsn_envid)
-       VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?)`,
+                             attempts, pending_recipients, dsn_ret, dsn_envid, tenant, tenant_weight)
+       VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?)`,
     ),
     insertRecipient: db.prepare(
       `INSERT INTO recipients (message_id, position, recipient, status, dsn_notify, dsn_orcpt)
@@ -271,6 +313,8 @@ export function prepareStatements(db: Database.Database) {
     bodyInfo: db.prepare(`SELECT body_in_file FROM messages WHERE id = ?`),
     body: db.prepare(`SELECT data FROM bodies WHERE id = ?`),
     due: db.prepare(LEASE_SQL),
+    tenantDue: db.prepare(TENANT_LEASE_SQL),
+    leasableTenants: db.prepare(LEASABLE_TENANTS_SQL),
     nextDue: db.prepare(NEXT_DUE_SQL),
     oldest: db.prepare(OLDEST_SQL),
     stateCounts: db.prepare(STATE_COUNTS_SQL),
@@ -334,5 +378,38 @@ export function parseReception(row: Pick<MessageRow, 'reception' | 'received_at'
   if (stored.authUser !== undefined) reception.authUser = stored.authUser;
   if (stored.notification !== undefined) reception.notification = stored.notification;
   if (stored.notificationFor !== undefined) reception.notificationFor = stored.notificationFor;
+  const tenant = storedTenant(stored.tenant);
+  if (tenant) reception.tenant = tenant;
   return reception;
+}
+
+/** A tenant as stored in the reception JSON (anything else, e.g. a row of an older spool: undefined). */
+export function storedTenant(x: unknown): Tenant | undefined {
+  if (typeof x !== 'object' || x === null) return undefined;
+  const t = x as Partial<Tenant>;
+  if (typeof t.name !== 'string' || !(TENANT_PRIORITIES as readonly unknown[]).includes(t.priority)) {
+    return undefined;
+  }
+  const tenant: Tenant = { name: t.name, priority: t.priority as Tenant['priority'] };
+  if (typeof t.rateLimit === 'number') tenant.rateLimit = t.rateLimit;
+  if (typeof t.dailyQuota === 'number') tenant.dailyQuota = t.dailyQuota;
+  if (typeof t.configurationSet === 'string') tenant.configurationSet = t.configurationSet;
+  if (t.tags && typeof t.tags === 'object') tenant.tags = { ...t.tags };
+  return tenant;
+}
+
+/** The reception as stored (JSON): what parseReception restores, the tenant included. */
+export function receptionJson(
+  reception: Omit<Reception, 'receivedAt'>,
+  extra: { route?: string } = {},
+): string {
+  return JSON.stringify({
+    clientAddress: reception.clientAddress,
+    heloName: reception.heloName,
+    authUser: reception.authUser,
+    route: extra.route,
+    notification: reception.notification,
+    notificationFor: reception.notificationFor,
+    tenant: reception.tenant,
+  });
 }

@@ -21,6 +21,7 @@ import { bodyFileMembers, insertGroup, readGroupBodies, type GroupMember } from 
 import { spoolWriteErrors } from './spool-metrics';
 import { NotificationNotOwedError } from './spool-notifications';
 import { insertMessage } from './spool-outcomes';
+import { receptionJson } from './spool-schema';
 import { isStorageError } from './write-health';
 
 /** Store one message in one group-commit operation; resolves with its queue id once durable. */
@@ -48,11 +49,8 @@ export async function storeMessage(
   }
   const inFile = read.content === undefined;
   const receivedAt = Date.now();
-  const receptionJson = JSON.stringify({
-    clientAddress: reception.clientAddress,
-    heloName: reception.heloName,
-    authUser: reception.authUser,
-  });
+  const stored = receptionJson(reception);
+  const tenant = reception.tenant;
   const recipients = [...envelope.recipients];
   try {
     await ctx.committer.run<void>(
@@ -60,7 +58,7 @@ export async function storeMessage(
         const dsn = envelope.dsn;
         insertMessage(
           ctx.stmt,
-          { id, mailFrom: envelope.mailFrom, receptionJson, receivedAt, recipients, dsn },
+          { id, mailFrom: envelope.mailFrom, receptionJson: stored, receivedAt, recipients, dsn, tenant },
           read,
         );
         return {

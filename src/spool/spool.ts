@@ -12,7 +12,9 @@
  *   survives.
  * - `lease` hands out due messages (state `queued` or `deferred`) at most once until they are settled or
  *   released; leases live only in memory, so after a crash every unfinished message is due again
- *   (at-least-once delivery).
+ *   (at-least-once delivery). Order: weighted fair across tenants (by recipients, TENANT_WEIGHTS of each
+ *   message's tenant as stored with it; spool-fair.ts), oldest due first within a tenant. The order is a
+ *   scheduling choice, not a durability rule: which message goes first never changes what is kept.
  * - `record` makes final outcomes (delivered, failed, suppressed, expired) of some recipients durable
  *   while the attempt goes on and the lease stays: a message sent in several SMTP transactions records
  *   each transaction as soon as SES answered it, so a crash re-sends at most the transaction in flight.
@@ -127,7 +129,7 @@ export interface OrderedGroupSpool {
 export interface Spool {
   /** Consume `body` fully and store it with its envelope; resolves with the queue id after fsync. */
   store(envelope: Envelope, body: Readable, reception: Omit<Reception, 'receivedAt'>): Promise<MessageId>;
-  /** Up to `max` due, unleased messages, oldest due first; each is leased. */
+  /** Up to `max` due, unleased messages: weighted fair across tenants, oldest due first within one; each is leased. */
   lease(max: number, now?: number): QueuedMessage[];
   /** Earliest dueAt among unleased pending messages (to sleep until then), or undefined. */
   nextDueAt(): number | undefined;

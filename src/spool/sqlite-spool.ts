@@ -69,6 +69,7 @@ import {
 } from './spool-schema';
 import { failedMessageOf } from './spool-outcomes';
 import { SpoolCounters } from './spool-counters';
+import { FairClock } from './fair-clock';
 import { LeaseTable } from './spool-leases';
 import type { SpoolContext } from './spool-context';
 import { storeGroupMessages, storeMessage } from './spool-store';
@@ -185,6 +186,7 @@ export class SqliteSpool implements Spool, OrderedGroupSpool {
       leases: this.leases,
       ledger: this.ledger,
       counters: this.counters,
+      fair: new FairClock(),
       isClosed: () => this.closed,
       notificationOwed: () => this.onNotificationOwed(),
     };

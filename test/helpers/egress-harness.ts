@@ -13,6 +13,7 @@ import { SesSmtpTransport } from '../../src/egress/transport/ses-smtp-transport'
 import { silentLogger, type Logger } from '../../src/observability/logger';
 import { allowAll, type RecipientPolicy } from '../../src/policy/policy';
 import { SqliteSpool } from '../../src/spool/sqlite-spool';
+import type { Tenant } from '../../src/types';
 import { FAKE_SES_CA, startFakeSes, type FakeSes, type FakeSesOptions } from './fake-ses';
 
 export interface EgressHarnessOptions {
@@ -51,7 +52,10 @@ export interface EgressHarness {
   admission: RateAdmission;
   dispatcher: Dispatcher;
   /** Store a message (durable) and wake the dispatcher. */
-  store(recipients: string[], options?: { body?: string; mailFrom?: string }): Promise<string>;
+  store(
+    recipients: string[],
+    options?: { body?: string; mailFrom?: string; tenant?: Tenant },
+  ): Promise<string>;
   /** Resolve once the spool has no pending message (or reject after timeoutMs). */
   drained(timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
@@ -133,7 +137,7 @@ export async function startEgress(o: EgressHarnessOptions = {}): Promise<EgressH
       const id = await spool.store(
         { mailFrom: options.mailFrom ?? 'sender@example.com', recipients },
         Readable.from([Buffer.from(body)]),
-        { clientAddress: '127.0.0.1' },
+        { clientAddress: '127.0.0.1', ...(options.tenant ? { tenant: options.tenant } : {}) },
       );
       dispatcher.wake();
       return id;

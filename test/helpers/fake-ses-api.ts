@@ -34,6 +34,8 @@ export interface ApiSend {
   /** The raw message as SES received it (decoded from base64). */
   raw: Buffer;
   configurationSet?: string;
+  /** EmailTags, as name -> value (undefined when the call had none). */
+  tags?: Record<string, string>;
   accessKeyId?: string;
   region?: string;
   service?: string;
@@ -206,6 +208,7 @@ interface SendEmailBody {
   Destination?: { ToAddresses?: string[]; CcAddresses?: string[]; BccAddresses?: string[] };
   Content?: { Raw?: { Data?: string } };
   ConfigurationSetName?: string;
+  EmailTags?: Array<{ Name?: string; Value?: string }>;
 }
 
 export async function startFakeSesApi(options: FakeSesApiOptions = {}): Promise<FakeSesApi> {
@@ -296,6 +299,9 @@ export async function startFakeSesApi(options: FakeSesApiOptions = {}): Promise<
       recipients,
       raw: Buffer.from(body.Content.Raw.Data, 'base64'),
       configurationSet: body.ConfigurationSetName,
+      tags: body.EmailTags
+        ? Object.fromEntries(body.EmailTags.map((t) => [String(t.Name), String(t.Value)]))
+        : undefined,
       ...cred,
     });
     sendJson(res, { MessageId: messageId });

@@ -62,6 +62,7 @@ export async function createAdmission(s: AdmissionSettings): Promise<RateAdmissi
         params,
         ledger,
         logger: s.logger,
+        heartbeatMs: s.heartbeatMs,
         ...s.redis,
       })
     : new LocalBackend(params, ledger);

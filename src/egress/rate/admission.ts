@@ -8,13 +8,19 @@
  * What it owns, in the order admit() applies it:
  * 1. The delivery pause (delivery-pause.ts): while SES's daily quota is spent or sending is paused,
  *    nothing is admitted but the probe (DeliveryPausedError for the rest).
- * 2. A connection slot (SES_POOL_SIZE): tokens are never spent on a transaction that would then queue
- *    inside the transport's pool waiting for a connection.
- * 3. The recipient tokens of the rate formula (rate-state.ts), in the process or shared through Redis
- *    (local-backend.ts, redis-backend.ts): one transaction at a time asks (arrival order), the rest wait
- *    their turn. A granted transaction counts as in flight until settled, and the bucket leaves room for
- *    what is in flight, so arrivals at SES stay within SES's bucket whatever the grant-to-arrival delays.
- * 4. Feedback: a throttled outcome drives the throttle reaction (drain and hold, or AIMD decrease), a
+ * 2. The turn (fair-turn.ts): one transaction at a time takes a slot and asks for tokens; the waiting ones
+ *    are served in weighted fair order by tenant (TENANT_WEIGHTS, by recipients), arrival order within a
+ *    tenant, so one tenant's backlog of transactions does not stand in front of another's message. A
+ *    tenant at its own rate_limit is passed over until its bucket has room (no head-of-line blocking).
+ * 3. A connection slot (SES_POOL_SIZE), taken by the turn's holder: tokens are never spent on a
+ *    transaction that would then queue inside the transport's pool waiting for a connection.
+ * 4. The recipient tokens of the rate formula (rate-state.ts), in the process or shared through Redis
+ *    (local-backend.ts, redis-backend.ts), and with them, for a tenant with a rate_limit, its own bucket
+ *    (same back end: shared across replicas with Redis, where the script also keeps the weights across
+ *    replicas on one virtual clock). A granted transaction counts as in flight until
+ *    settled, and the bucket leaves room for what is in flight, so arrivals at SES stay within SES's
+ *    bucket whatever the grant-to-arrival delays.
+ * 5. Feedback: a throttled outcome drives the throttle reaction (drain and hold, or AIMD decrease), a
  *    quota or paused outcome starts the delivery pause, the probe's answer ends it.
  * And queueAge(): a message's age without the time delivery was paused (MAX_QUEUE_AGE).
  */
@@ -29,11 +35,13 @@ import {
   limiterWaitSeconds,
   registerAdmissionMetrics,
 } from './admission-metrics';
-import type { AdmissionBackend, DeliveryPauseState, PauseReason } from './backend';
+import type { AdmissionBackend, DeliveryPauseState, PauseReason, TenantShare } from './backend';
 import { DeliveryPause, type ProbeVerdict } from './delivery-pause';
 import type { PauseLedger } from './pause-ledger';
 import type { SesAccount } from './ses-account';
 import { SendSlots } from './send-slots';
+import { FairTurn } from './fair-turn';
+import { TENANT_WEIGHTS, UNAUTHENTICATED_TENANT, type Tenant } from '../../types';
 
 /** What became of the recipients of one admitted transaction, as admission needs to know it. */
 export const TRANSACTION_OUTCOMES = [
@@ -84,6 +92,8 @@ export interface AdmitOptions {
   probe?: boolean;
   /** Awaited after the connection slot and before the tokens (the dispatcher waits for a writable spool). */
   beforeTokens?: () => Promise<void>;
+  /** The tenant of the message: its weight in the fair turn, its rate_limit. Absent: trusted networks. */
+  tenant?: Tenant;
 }
 
 export interface AdmissionStatus {
@@ -137,8 +147,8 @@ export class RateAdmission implements Admission {
   private readonly backend: AdmissionBackend;
   private readonly pause: DeliveryPause;
   private readonly slots: SendSlots;
-  /** One transaction at a time asks for tokens; the others wait in arrival order. */
-  private readonly turn = new SendSlots(1);
+  /** One transaction at a time takes a slot and asks for tokens; the others wait in fair order. */
+  private readonly turn = new FairTurn(() => performance.now());
   private readonly logger: Logger;
   private readonly maxPollMs: number;
   private readonly wakers = new Set<() => void>();
@@ -182,19 +192,44 @@ export class RateAdmission implements Admission {
     }
     const probe = options.probe === true;
     this.check(signal, probe);
-    await this.slots.acquire(signal).catch((err: unknown) => {
-      throw new LimiterUnavailableError('admission aborted', err);
-    });
-    try {
-      await options.beforeTokens?.();
-      const id = String(++this.seq);
-      const started = performance.now();
-      await this.tokens(recipients, id, probe, signal);
-      limiterWaitSeconds.observe((performance.now() - started) / 1000);
-      return this.ticket(recipients, id, probe);
-    } catch (err) {
-      this.slots.release();
-      throw err;
+    const tenant = options.tenant;
+    const name = tenant?.name || UNAUTHENTICATED_TENANT;
+    const weight = TENANT_WEIGHTS[tenant?.priority ?? 'normal'] ?? TENANT_WEIGHTS.normal;
+    const limit = tenant?.rateLimit !== undefined && tenant.rateLimit > 0 ? tenant.rateLimit : undefined;
+    const id = String(++this.seq);
+    const started = performance.now();
+    for (;;) {
+      await this.turn.acquire({ tenant: name, weight }, signal).catch((err: unknown) => {
+        throw new LimiterUnavailableError('admission aborted', err);
+      });
+      let granted = false;
+      try {
+        await this.slots.acquire(signal).catch((err: unknown) => {
+          throw new LimiterUnavailableError('admission aborted', err);
+        });
+        try {
+          await options.beforeTokens?.();
+          const waitMs = await this.tokens(
+            recipients,
+            id,
+            probe,
+            signal,
+            limit !== undefined ? { name, weight, rate: limit } : { name, weight },
+          );
+          if (waitMs === 0) {
+            granted = true;
+            this.turn.charge(name, recipients, weight);
+            limiterWaitSeconds.observe((performance.now() - started) / 1000);
+            return this.ticket(recipients, id, probe);
+          }
+          // The tenant is at its rate_limit: step aside (keeping its place) and let the others go.
+          this.turn.defer(name, waitMs);
+        } finally {
+          if (!granted) this.slots.release();
+        }
+      } finally {
+        this.turn.release();
+      }
     }
   }
 
@@ -209,22 +244,24 @@ export class RateAdmission implements Admission {
     }
   }
 
-  /** Take the tokens: ask the back end, in turn, until granted. */
-  private async tokens(n: number, id: string, probe: boolean, signal: AbortSignal): Promise<void> {
-    await this.turn.acquire(signal).catch((err: unknown) => {
-      throw new LimiterUnavailableError('admission aborted', err);
-    });
-    try {
-      for (;;) {
-        this.check(signal, probe);
-        const r = await this.backend.take(n, id, probe);
-        if (r.status === 'granted') return;
-        if (r.status === 'paused')
-          throw new DeliveryPausedError(this.pausedReason() ?? 'daily-quota-exceeded');
-        await this.nap(Math.min(Math.max(1, r.waitMs), this.maxPollMs), signal);
-      }
-    } finally {
-      this.turn.release();
+  /**
+   * Take the tokens (the caller holds the turn): ask the back end until granted (0), or until it says the
+   * tenant is at its rate_limit (the estimated wait, ms, > 0).
+   */
+  private async tokens(
+    n: number,
+    id: string,
+    probe: boolean,
+    signal: AbortSignal,
+    tenant: TenantShare,
+  ): Promise<number> {
+    for (;;) {
+      this.check(signal, probe);
+      const r = await this.backend.take(n, id, probe, tenant);
+      if (r.status === 'granted') return 0;
+      if (r.status === 'paused') throw new DeliveryPausedError(this.pausedReason() ?? 'daily-quota-exceeded');
+      if (r.status === 'tenant-wait') return Math.max(1, r.waitMs);
+      await this.nap(Math.min(Math.max(1, r.waitMs), this.maxPollMs), signal);
     }
   }
 
@@ -339,6 +376,7 @@ export class RateAdmission implements Admission {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.turn.stop();
     this.wake();
     this.unregister();
     await this.backend.stop();

@@ -30,8 +30,23 @@ export interface BackendReading {
 }
 
 export interface TakeAnswer {
-  status: 'granted' | 'wait' | 'paused';
+  /** `tenant-wait`: the tenant's own bucket (rate_limit) has no room; `waitMs` until it has. */
+  status: 'granted' | 'wait' | 'paused' | 'tenant-wait';
   waitMs: number;
+}
+
+/**
+ * The tenant a take is for. `rate`: its own rate_limit (recipients/s), checked with the shared rate in the
+ * same take: a bucket one second deep (at least one recipient) that starts full; the dispatcher sends such
+ * a tenant's mail in transactions no larger than that, so over any window of W seconds the tenant gets at
+ * most rate × W + max(1, rate) recipients. `weight`: its share when several replicas' transactions wait for
+ * the shared bucket (the Redis back end's weighted virtual clock; in one process the fair turn has done
+ * it already). Keyed by the tenant's name (in Redis: `ses-relay:{id}:tenant:<name>`).
+ */
+export interface TenantShare {
+  name: string;
+  weight: number;
+  rate?: number;
 }
 
 export interface AdmissionBackend {
@@ -41,8 +56,11 @@ export interface AdmissionBackend {
   rate: number;
   /** False while the shared store is unreachable: nothing may be admitted. */
   available(): boolean;
-  /** Take `n` tokens for transaction `id` (then counted in flight), or say how long to wait. */
-  take(n: number, id: string, probe: boolean): Promise<TakeAnswer>;
+  /**
+   * Take `n` tokens for transaction `id` (then counted in flight), or say how long to wait. With `tenant`,
+   * its own bucket must have room too (checked first: `tenant-wait`), and is charged with the grant.
+   */
+  take(n: number, id: string, probe: boolean, tenant?: TenantShare): Promise<TakeAnswer>;
   /** Transaction `id` finished; `refund`: nothing was sent, the tokens go back. */
   finish(id: string, n: number, refund: boolean): Promise<void>;
   /** SES throttled us: the reaction (rate-state.ts) and the fraction from now on. */

@@ -16,9 +16,11 @@ import type {
   DeliveryPauseState,
   PauseReason,
   TakeAnswer,
+  TenantShare,
 } from './backend';
 import type { PauseLedger } from './pause-ledger';
 import { emptyState, finish, fraction, take, throttle, type RateParams, type RateState } from './rate-state';
+import { tenantTatAfter, tenantWait } from './tenant-bucket';
 
 export class LocalBackend implements AdmissionBackend {
   readonly kind = 'local';
@@ -27,6 +29,8 @@ export class LocalBackend implements AdmissionBackend {
   private readonly inFlight = new Map<string, number>();
   private inFlightSum = 0;
   private probeAt = 0;
+  /** Tenants with a rate_limit: when their bucket is full again (GCRA's theoretical arrival time, ms). */
+  private readonly tenantTat = new Map<string, number>();
   private readonly listeners = new Set<() => void>();
 
   constructor(
@@ -55,15 +59,32 @@ export class LocalBackend implements AdmissionBackend {
     return true;
   }
 
-  async take(n: number, id: string, probe: boolean): Promise<TakeAnswer> {
+  async take(n: number, id: string, probe: boolean, tenant?: TenantShare): Promise<TakeAnswer> {
     const now = this.clock();
+    // The weight is the fair turn's business in one process; only the tenant's own limit is checked here.
+    const limited = tenant?.rate !== undefined ? { name: tenant.name, rate: tenant.rate } : undefined;
+    if (limited) {
+      const wait = tenantWait(this.tenantTat.get(limited.name) ?? 0, limited.rate, n, now);
+      if (wait > 0) return { status: 'tenant-wait', waitMs: wait };
+    }
     const paused = this.ledger.current !== undefined;
     const r = take(this.state, this.params, now, n, id, this.inFlightSum, paused, probe);
     if (r.status === 'granted') {
       this.inFlight.set(id, n);
       this.inFlightSum += n;
+      if (limited) this.chargeTenant(limited, n, now);
     }
     return r;
+  }
+
+  private chargeTenant(tenant: { name: string; rate: number }, n: number, now: number): void {
+    this.tenantTat.set(
+      tenant.name,
+      tenantTatAfter(this.tenantTat.get(tenant.name) ?? 0, tenant.rate, n, now),
+    );
+    if (this.tenantTat.size > 1000) {
+      for (const [name, tat] of this.tenantTat) if (tat <= now) this.tenantTat.delete(name);
+    }
   }
 
   async finish(id: string, n: number, refund: boolean): Promise<void> {

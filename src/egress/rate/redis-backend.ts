@@ -10,6 +10,10 @@
  *   transaction finished. While it runs the replica renews it every `inFlightTtlMs / 4` (a 40 MB body can
  *   take far longer than the TTL); a replica killed mid-transaction stops renewing and its entries stop
  *   counting `inFlightTtlMs` after the last renewal (by then the transaction arrived at SES or never will).
+ * - Tenants: a take for a tenant passes its key (`tenant:<name>`: its rate_limit bucket and its finish tag)
+ *   and its weight; the script checks the limit, then the tenant's turn on one weighted virtual clock
+ *   shared by every replica (the `waiting` registry: a tenant whose start tag is ahead of another asking
+ *   tenant's waits for it), so weights hold across replicas, not only within each one's fair turn.
  * - Throttling, pause, probe: the script's `throttle`, `pause`, `resume` and `probe` operations. Every
  *   replica polls the state every `probeMs` (a cheap read that is also the health check) to learn a pause,
  *   its end, or the fraction another replica set.
@@ -31,6 +35,7 @@ import {
   type DeliveryPauseState,
   type PauseReason,
   type TakeAnswer,
+  type TenantShare,
 } from './backend';
 import type { PauseLedger } from './pause-ledger';
 import type { RateParams, Reaction } from './rate-state';
@@ -50,6 +55,8 @@ export interface RedisBackendOptions {
   probeMs?: number;
   /** In-flight entries stop counting this long after their last renewal (default 2000 ms). */
   inFlightTtlMs?: number;
+  /** LIMITER_HEARTBEAT: the longest a waiting transaction goes without asking again (default 50 ms). */
+  heartbeatMs?: number;
 }
 
 type RateCommand = (...args: string[]) => Promise<unknown>;
@@ -57,6 +64,12 @@ type RateCommand = (...args: string[]) => Promise<unknown>;
 export class RedisBackend implements AdmissionBackend {
   readonly kind = 'redis';
   readonly keys: string[];
+  /** Prefix of the tenants' keys (same hash tag). */
+  private readonly tenantKeyPrefix: string;
+  /** The tenants with a transaction waiting for the shared bucket: by start tag, by last ask. */
+  private readonly waitingKeys: [string, string];
+  /** A waiting tenant no replica asked for this long is forgotten (it stopped waiting or died). */
+  private readonly waitingTtlMs: number;
   private readonly params: RateParams;
   private readonly client: Redis;
   private readonly replica = randomBytes(4).toString('hex');
@@ -95,6 +108,12 @@ export class RedisBackend implements AdmissionBackend {
     this.keys = ['rate', 'inflight', 'pause', 'paused', 'probe'].map(
       (k) => `ses-relay:{${options.limiterId}}:${k}`,
     );
+    this.tenantKeyPrefix = `ses-relay:{${options.limiterId}}:tenant:`;
+    this.waitingKeys = [
+      `ses-relay:{${options.limiterId}}:waiting`,
+      `ses-relay:{${options.limiterId}}:waiting-seen`,
+    ];
+    this.waitingTtlMs = 4 * (options.heartbeatMs ?? 50) + 100;
     const timeout = options.commandTimeoutMs ?? 1000;
     const clientOptions: RedisOptions = {
       enableOfflineQueue: false,
@@ -111,7 +130,7 @@ export class RedisBackend implements AdmissionBackend {
     this.client.on('close', () => {
       if (this.isAvailable) this.setAvailable(false, new Error('Redis connection closed'));
     });
-    this.client.defineCommand('sesRelayRate', { numberOfKeys: 5, lua: RATE_LUA });
+    this.client.defineCommand('sesRelayRate', { numberOfKeys: 8, lua: RATE_LUA });
     this.timer = setInterval(() => void this.poll(), options.probeMs ?? 250);
     this.timer.unref();
   }
@@ -133,6 +152,11 @@ export class RedisBackend implements AdmissionBackend {
   }
 
   private async call(op: string, ...args: string[]): Promise<RateReply> {
+    return this.callWith(`${this.tenantKeyPrefix}-`, op, ...args);
+  }
+
+  /** One script call; `tenantKey` is KEYS[6] (read only by a take for a tenant). */
+  private async callWith(tenantKey: string, op: string, ...args: string[]): Promise<RateReply> {
     if (this.stopped) throw new LimiterUnavailableError('limiter stopped');
     const p = this.params;
     const cmd = (this.client as unknown as { sesRelayRate: RateCommand }).sesRelayRate.bind(this.client);
@@ -140,6 +164,9 @@ export class RedisBackend implements AdmissionBackend {
     try {
       raw = await cmd(
         ...this.keys,
+        tenantKey,
+        this.waitingKeys[0],
+        this.waitingKeys[1],
         op,
         '',
         String(p.rate),
@@ -231,13 +258,20 @@ export class RedisBackend implements AdmissionBackend {
     }
   }
 
-  async take(n: number, id: string, probe: boolean): Promise<TakeAnswer> {
+  async take(n: number, id: string, probe: boolean, tenant?: TenantShare): Promise<TakeAnswer> {
     if (!this.available()) {
       throw new LimiterUnavailableError('limiter unavailable: Redis unreachable, delivery paused');
     }
     const member = `${this.replica}:${id}:${n}`;
-    const r = await this.call('take', String(n), member, probe ? '1' : '0');
+    const args = [String(n), member, probe ? '1' : '0'];
+    if (tenant) {
+      const rate = tenant.rate !== undefined ? String(tenant.rate) : '';
+      args.push(rate, String(tenant.weight), tenant.name, String(this.waitingTtlMs));
+    }
+    const key = tenant ? this.tenantKeyPrefix + tenant.name : `${this.tenantKeyPrefix}-`;
+    const r = await this.callWith(key, 'take', ...args);
     if (r.status === 'granted') this.track(member);
+    if (r.status === 'tenant') return { status: 'tenant-wait', waitMs: r.waitMs };
     const status = r.status === 'granted' || r.status === 'paused' ? r.status : 'wait';
     return { status, waitMs: r.waitMs };
   }

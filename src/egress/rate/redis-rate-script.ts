@@ -11,9 +11,15 @@
  *   KEYS[3] `ses-relay:{id}:pause`     hash: reason, since (delivery paused: daily quota, sending paused)
  *   KEYS[4] `ses-relay:{id}:paused`    list: `<since>:<until>` of past pauses (queue age exemption)
  *   KEYS[5] `ses-relay:{id}:probe`     string with PX: the one probe allowed per interval while paused
+ *   KEYS[6] `ses-relay:{id}:tenant:<name>` hash with PX (take for a tenant only): `tat`, the tenant's
+ *                                      rate_limit bucket as a GCRA time (tenant-bucket.ts has the
+ *                                      arithmetic), and `f`, its finish tag on the weighted virtual clock
+ *   KEYS[7] `ses-relay:{id}:waiting`       zset: tenants with a transaction waiting, score = its start tag
+ *   KEYS[8] `ses-relay:{id}:waiting-seen`  zset: the same tenants, score = when one last asked (Redis ms)
+ *   The virtual time itself is the field `vt` of KEYS[1].
  * ARGV: op, now ('' = Redis TIME), rate, burst, factor, recoveryMs, holdMs, debounceMs, repeatMs, floor,
  *   claimMs, inFlightTtlMs, then the op's arguments:
- *   take n id probe | finish n id refund | throttle | read | renew id... | pause reason probeMs | resume |
+ *   take n id probe [tenantRate weight tenant waitingTtlMs] | finish n id refund | throttle | read | renew id... | pause reason probeMs | resume |
  *   probe ms
  * Returns (strings): status, waitMs, level, fraction, inFlight, hold, pauseReason, pauseSince, events,
  *   reports, reaction.
@@ -42,6 +48,7 @@ s.level = num('level', 0); s.at = num('at', now); s.f0 = num('f0', 1); s.t0 = nu
 s.last = num('last', 0); s.hold = num('hold', 0); s.events = num('events', 0)
 s.reports = num('reports', 0); s.claimN = num('claimN', 0); s.claimUntil = num('claimUntil', 0)
 s.claimId = s.claimId or ''
+s.vt = num('vt', 0)
 
 local function slope()
   if p.recoveryMs > 0 then return (1 - p.factor) / p.recoveryMs end
@@ -149,10 +156,73 @@ end
 
 if op == 'take' then
   local n = tonumber(ARGV[13])
-  status, waitMs = take(n, ARGV[14], pauseReason ~= '', ARGV[15] == '1')
-  if status == 'granted' then
-    redis.call('ZADD', KEYS[2], now + ttl, ARGV[14])
-    inflight = inflight + n
+  -- For a tenant (KEYS[6]): first its own rate_limit (tenant-bucket.ts): at its limit, 'tenant' and nothing
+  -- is taken. Then its weighted share across replicas (start-time fair queuing on one virtual clock): a
+  -- tenant whose start tag is ahead of another waiting tenant's waits ('wait') for that one, unclaimed.
+  local trate = tonumber(ARGV[16] or '')
+  if trate ~= nil and trate <= 0 then trate = nil end
+  local weight = tonumber(ARGV[17] or '')
+  local tname = ARGV[18]
+  local wttl = tonumber(ARGV[19] or '') or 300
+  local fair = KEYS[6] ~= nil and KEYS[7] ~= nil and KEYS[8] ~= nil and weight ~= nil and weight > 0
+    and tname ~= nil and tname ~= ''
+  if KEYS[6] == nil then trate = nil end
+  local tat, ftag, start = 0, 0, 0
+  if trate ~= nil or fair then
+    local th = redis.call('HMGET', KEYS[6], 'tat', 'f')
+    tat = tonumber(th[1] or '0') or 0
+    ftag = tonumber(th[2] or '0') or 0
+  end
+  local held = false
+  if trate ~= nil then
+    local cap = math.max(1, trate)
+    local over = math.max(0, tat - now) - (cap - math.min(n, cap)) * 1000 / trate
+    if over > 1e-9 then status = 'tenant'; waitMs = over; held = true end
+  end
+  if fair then
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. fmt(now - wttl))) do
+      redis.call('ZREM', KEYS[7], m)
+      redis.call('ZREM', KEYS[8], m)
+    end
+    if held then
+      redis.call('ZREM', KEYS[7], tname)
+      redis.call('ZREM', KEYS[8], tname)
+    else
+      start = math.max(s.vt, ftag)
+      local known = tonumber(redis.call('ZSCORE', KEYS[7], tname) or '')
+      if known ~= nil and known < start then start = known end
+      redis.call('ZADD', KEYS[7], start, tname)
+      redis.call('ZADD', KEYS[8], now, tname)
+      local first = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+      if first[1] ~= tname and tonumber(first[2]) < start - 1e-9 then
+        status = 'wait'; waitMs = 10; held = true
+      end
+    end
+  end
+  if not held then
+    status, waitMs = take(n, ARGV[14], pauseReason ~= '', ARGV[15] == '1')
+    if status == 'granted' then
+      redis.call('ZADD', KEYS[2], now + ttl, ARGV[14])
+      inflight = inflight + n
+      if trate ~= nil then
+        redis.call('HSET', KEYS[6], 'tat', fmt(math.max(tat, now) + n * 1000 / trate))
+      end
+      if fair then
+        s.vt = math.max(s.vt, start)
+        redis.call('HSET', KEYS[6], 'f', fmt(start + n / weight))
+        redis.call('ZREM', KEYS[7], tname)
+        redis.call('ZREM', KEYS[8], tname)
+      end
+      if trate ~= nil or fair then
+        local keep = 86400000
+        if trate ~= nil then keep = math.max(1, math.ceil(math.max(tat, now) - now + n * 1000 / trate)) + 60000 end
+        redis.call('PEXPIRE', KEYS[6], keep)
+      end
+    end
+  end
+  if fair then
+    redis.call('PEXPIRE', KEYS[7], 86400000)
+    redis.call('PEXPIRE', KEYS[8], 86400000)
   end
   dirty = true
 elseif op == 'finish' then
@@ -196,7 +266,7 @@ end
 if dirty or not exists then
   redis.call('HSET', KEYS[1], 'level', fmt(s.level), 'at', fmt(s.at), 'f0', fmt(s.f0), 't0', fmt(s.t0),
     'last', fmt(s.last), 'hold', fmt(s.hold), 'events', fmt(s.events), 'reports', fmt(s.reports),
-    'claimId', s.claimId, 'claimN', fmt(s.claimN), 'claimUntil', fmt(s.claimUntil))
+    'claimId', s.claimId, 'claimN', fmt(s.claimN), 'claimUntil', fmt(s.claimUntil), 'vt', fmt(s.vt))
   redis.call('PEXPIRE', KEYS[1], 86400000)
   if inflight > 0 then redis.call('PEXPIRE', KEYS[2], ttl + 60000) end
 end

@@ -13,8 +13,9 @@
  *   distinguished. (Not checkable here against real SES; the local endpoint in the tests records Destination.)
  * - `FromEmailAddress` and `FeedbackForwardingEmailAddress` = the envelope sender, as SES over SMTP uses
  *   MAIL FROM (both omitted for the null sender `<>`: SES then takes the From: header);
- * - `ConfigurationSetName` = SES_CONFIGURATION_SET, unless the message carries an X-SES-CONFIGURATION-SET
- *   header (the sender's choice wins, as with SMTP).
+ * - `ConfigurationSetName` = the tenant's configuration set, else SES_CONFIGURATION_SET, unless the message
+ *   carries an X-SES-CONFIGURATION-SET header (the sender's choice wins, as with SMTP); `EmailTags` = the
+ *   tenant's tags (SES then ignores X-SES-MESSAGE-TAGS headers of the message: API tags win, not joined).
  *
  * Credentials come from the SDK's default chain (environment keys, profile, web identity, ECS/EC2 role),
  * the region from AWS_REGION, the endpoint from the SDK's standard AWS_ENDPOINT_URL_SESV2 (read by the SDK
@@ -34,7 +35,7 @@ import {
 } from '@aws-sdk/client-sesv2';
 import type { Logger } from '../../observability/logger';
 import type { ReplyClass } from '../../types';
-import { CONFIGURATION_SET_HEADER, hasHeader, headerSection } from './ses-headers';
+import { CONFIGURATION_SET_HEADER, hasHeader, headerSection, validTags } from './ses-headers';
 import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 
 /**
@@ -266,13 +267,15 @@ export class SesApiTransport implements Transport {
   }
 
   private input(tx: Transaction, raw: Buffer): SendEmailCommandInput {
-    const set = this.options.configurationSet;
+    const set = tx.configurationSet ?? this.options.configurationSet;
     const useSet = set && !hasHeader(headerSection(raw), CONFIGURATION_SET_HEADER);
+    const tags = validTags(tx.tags);
     return {
       ...(tx.mailFrom ? { FromEmailAddress: tx.mailFrom, FeedbackForwardingEmailAddress: tx.mailFrom } : {}),
       Destination: { ToAddresses: [...tx.recipients] },
       Content: { Raw: { Data: raw } },
       ...(useSet ? { ConfigurationSetName: set } : {}),
+      ...(tags.length ? { EmailTags: tags.map(([Name, Value]) => ({ Name, Value })) } : {}),
     };
   }
 

@@ -1,7 +1,10 @@
 /**
- * Header fields SES reads from a message on its way out (not in the spool): today the default
- * configuration set, `X-SES-CONFIGURATION-SET` (SES developer guide, "Using configuration sets": with the
- * SMTP interface the set is named in this header; with the API, in ConfigurationSetName).
+ * Header fields SES reads from a message on its way out (not in the spool): the configuration set,
+ * `X-SES-CONFIGURATION-SET` (SES developer guide, "Using configuration sets": with the SMTP interface the
+ * set is named in this header; with the API, in ConfigurationSetName) — the tenant's, else
+ * SES_CONFIGURATION_SET — and the tenant's message tags, `X-SES-MESSAGE-TAGS: name=value, name2=value2`
+ * (developer guide, "Specify your configuration set when you send email"; the API's EmailTags). SES removes
+ * both headers before it sends the message on.
  *
  * The body is never re-encoded: a header line is prepended to the raw byte stream, and only when the
  * message's own header section does not already carry that field (the sender's choice wins). Only the
@@ -10,6 +13,21 @@
 import { Readable } from 'node:stream';
 
 export const CONFIGURATION_SET_HEADER = 'X-SES-CONFIGURATION-SET';
+export const MESSAGE_TAGS_HEADER = 'X-SES-MESSAGE-TAGS';
+
+/** What SES accepts as a tag name or value: ASCII letters, digits, `_` and `-`, under 256 characters. */
+const TAG_TEXT = /^[A-Za-z0-9_-]{1,255}$/;
+
+/** The tags SES accepts, as [name, value] pairs (others are left out rather than fail the message). */
+export function validTags(tags: Record<string, string> | undefined): Array<[string, string]> {
+  return Object.entries(tags ?? {}).filter(([k, v]) => TAG_TEXT.test(k) && TAG_TEXT.test(String(v)));
+}
+
+/** The value of an X-SES-MESSAGE-TAGS header (`name=value, name2=value2`), or undefined for no tags. */
+export function messageTagsValue(tags: Record<string, string> | undefined): string | undefined {
+  const valid = validTags(tags);
+  return valid.length ? valid.map(([k, v]) => `${k}=${v}`).join(', ') : undefined;
+}
 
 /** Bytes of a message examined for its header section before giving up looking for its end. */
 export const HEADER_SCAN_LIMIT = 256 * 1024;
@@ -45,7 +63,13 @@ export function headerLine(name: string, value: string): Buffer {
  * ends the returned stream with that error (the caller's listener on `body` sees it too).
  */
 export function prependHeaderUnlessPresent(body: Readable, name: string, value: string): Readable {
-  const line = headerLine(name, value);
+  return prependHeadersUnlessPresent(body, [[name, value]]);
+}
+
+/** `body` with each `[name, value]` line prepended unless its header section already has that field. */
+export function prependHeadersUnlessPresent(body: Readable, fields: Array<[string, string]>): Readable {
+  const missing = (head: Buffer) =>
+    fields.filter(([name]) => !hasHeader(head, name)).map(([name, value]) => headerLine(name, value));
   async function* withHeader(): AsyncGenerator<Buffer> {
     let head: Buffer = Buffer.alloc(0);
     let decided = false;
@@ -59,12 +83,12 @@ export function prependHeaderUnlessPresent(body: Readable, name: string, value: 
       const end = headerEnd(head);
       if (end >= 0 || head.length >= HEADER_SCAN_LIMIT) {
         decided = true;
-        if (!hasHeader(end >= 0 ? head.subarray(0, end) : head, name)) yield line;
+        yield* missing(end >= 0 ? head.subarray(0, end) : head);
         yield head;
       }
     }
     if (!decided) {
-      if (!hasHeader(head, name)) yield line;
+      yield* missing(head);
       if (head.length) yield head;
     }
   }

@@ -17,7 +17,8 @@
  *
  * Every outcome is classified per recipient; `send` never throws for an SMTP or network outcome.
  *
- * With SES_CONFIGURATION_SET the `X-SES-CONFIGURATION-SET` header is prepended on the way out (ses-headers.ts),
+ * With a configuration set (the message's tenant's, else SES_CONFIGURATION_SET) the `X-SES-CONFIGURATION-SET`
+ * header is prepended on the way out, and with the tenant's tags `X-SES-MESSAGE-TAGS` (ses-headers.ts),
  * unless the message carries one.
  */
 import net from 'node:net';
@@ -27,7 +28,12 @@ import type { Readable } from 'node:stream';
 import type { Logger } from '../../observability/logger';
 import type { ReplyClass } from '../../types';
 import { envelopeOf, upstreamEnvelope, upstreamForm } from './nodemailer-envelope';
-import { CONFIGURATION_SET_HEADER, prependHeaderUnlessPresent } from './ses-headers';
+import {
+  CONFIGURATION_SET_HEADER,
+  MESSAGE_TAGS_HEADER,
+  messageTagsValue,
+  prependHeadersUnlessPresent,
+} from './ses-headers';
 import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 
 export interface SesSmtpTransportOptions {
@@ -243,8 +249,12 @@ export class SesSmtpTransport implements Transport {
     }
     let bodyError: Error | undefined;
     body.once('error', (err) => (bodyError = err));
-    const set = this.options.configurationSet;
-    const raw = set ? prependHeaderUnlessPresent(body, CONFIGURATION_SET_HEADER, set) : body;
+    const set = tx.configurationSet ?? this.options.configurationSet;
+    const tags = messageTagsValue(tx.tags);
+    const fields: Array<[string, string]> = [];
+    if (set) fields.push([CONFIGURATION_SET_HEADER, set]);
+    if (tags) fields.push([MESSAGE_TAGS_HEADER, tags]);
+    const raw = fields.length ? prependHeadersUnlessPresent(body, fields) : body;
     // The wrapper ends with the body's error, which the listener above already records.
     if (raw !== body) raw.on('error', () => undefined);
     const gen = this.pool();

@@ -14,6 +14,10 @@ export interface Transaction {
   /** Opens a fresh stream of the body (a retry on another connection needs a new one). */
   body: () => Readable;
   size: number;
+  /** The tenant's SES configuration set (overrides SES_CONFIGURATION_SET). */
+  configurationSet?: string;
+  /** The tenant's SES message tags (name -> value). */
+  tags?: Record<string, string>;
 }
 
 /**

@@ -1,0 +1,135 @@
+/**
+ * A tenant's SES settings reach SES (issue 11): its configuration set (over SES_CONFIGURATION_SET) and its
+ * message tags — over SMTP as `X-SES-CONFIGURATION-SET` and `X-SES-MESSAGE-TAGS: name=value, name2=value2`
+ * header fields prepended to the spooled bytes (the fake SES over STARTTLS, the real SesSmtpTransport
+ * through the dispatcher), over the API as `ConfigurationSetName` and `EmailTags` (the local SES v2
+ * endpoint, the real SDK client). Tags SES would refuse are left out, never sent broken; a message that
+ * names its own configuration set keeps it; header values cannot inject a line.
+ */
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { SesApiTransport } from '../src/egress/transport/ses-api-transport';
+import { messageTagsValue } from '../src/egress/transport/ses-headers';
+import { silentLogger } from '../src/observability/logger';
+import type { Tenant } from '../src/types';
+import { messageBody, startEgress, type EgressHarness } from './helpers/egress-harness';
+import { startFakeSesApi, type FakeSesApi } from './helpers/fake-ses-api';
+
+const TENANT: Tenant = {
+  name: 'shop',
+  priority: 'normal',
+  configurationSet: 'shop-events',
+  tags: { campaign: 'spring-2026', team: 'checkout_1' },
+};
+
+const headerSection = (body: Buffer) => body.toString('latin1').split(/\r?\n\r?\n/)[0];
+const fields = (body: Buffer, name: string) =>
+  headerSection(body)
+    .split(/\r?\n/)
+    .filter((l) => l.toLowerCase().startsWith(`${name.toLowerCase()}:`));
+
+describe('over SMTP (fake SES, dispatcher and SesSmtpTransport)', () => {
+  let h: EgressHarness;
+  before(async () => {
+    h = await startEgress({ rate: 1000, burst: 50 });
+  });
+  after(() => h.close());
+
+  test("the tenant's configuration set and tags are prepended as SES header fields", async () => {
+    h.ses.reset();
+    await h.store(['a@example.com'], { body: messageBody('tenant'), tenant: TENANT });
+    await h.ses.waitFor(1, 10_000);
+    const body = h.ses.messages[0].body;
+    assert.deepEqual(fields(body, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: shop-events']);
+    assert.deepEqual(fields(body, 'X-SES-MESSAGE-TAGS'), [
+      'X-SES-MESSAGE-TAGS: campaign=spring-2026, team=checkout_1',
+    ]);
+    assert.ok(body.toString('latin1').endsWith(messageBody('tenant')), 'the spooled bytes follow unchanged');
+  });
+
+  test('a message without a tenant gets neither; one naming its own set keeps it', async () => {
+    h.ses.reset();
+    await h.store(['b@example.com'], { body: messageBody('plain') });
+    const own = `X-SES-CONFIGURATION-SET: own-set\r\n${messageBody('own')}`;
+    await h.store(['c@example.com'], { body: own, tenant: TENANT });
+    await h.ses.waitFor(2, 10_000);
+    const plain = h.ses.messages.find((m) => m.recipients[0] === 'b@example.com')!.body;
+    assert.deepEqual(fields(plain, 'X-SES-CONFIGURATION-SET'), []);
+    assert.deepEqual(fields(plain, 'X-SES-MESSAGE-TAGS'), []);
+    const kept = h.ses.messages.find((m) => m.recipients[0] === 'c@example.com')!.body;
+    assert.deepEqual(fields(kept, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: own-set']);
+    assert.equal(fields(kept, 'X-SES-MESSAGE-TAGS').length, 1, 'the tenant tags still go');
+  });
+
+  test('tags SES would refuse are left out: no header injection, no broken list', async () => {
+    assert.equal(
+      messageTagsValue({
+        ok: 'v',
+        'bad name': 'x',
+        evil: 'a\r\nBcc: victim@example.com',
+        'x=y': 'z',
+        k: 'a,b',
+      }),
+      'ok=v',
+    );
+    assert.equal(messageTagsValue({ '': 'x' }), undefined);
+    assert.equal(messageTagsValue({ long: 'v'.repeat(256) }), undefined);
+    h.ses.reset();
+    const hostile: Tenant = { name: 'x', priority: 'bulk', tags: { evil: 'a\r\nBcc: victim@example.com' } };
+    await h.store(['d@example.com'], { body: messageBody('hostile'), tenant: hostile });
+    await h.ses.waitFor(1, 10_000);
+    const body = h.ses.messages[0].body;
+    assert.deepEqual(fields(body, 'X-SES-MESSAGE-TAGS'), []);
+    assert.deepEqual(fields(body, 'Bcc'), []);
+    assert.deepEqual(h.ses.messages[0].recipients, ['d@example.com']);
+  });
+});
+
+describe('over the API (local SES v2 endpoint, real SDK client)', () => {
+  let api: FakeSesApi;
+  let t: SesApiTransport;
+  before(async () => {
+    api = await startFakeSesApi();
+    t = new SesApiTransport({
+      region: 'eu-west-1',
+      endpoint: api.url,
+      credentials: { accessKeyId: 'AKIDTEST', secretAccessKey: 'secret' },
+      connectionTimeoutMs: 2000,
+      configurationSet: 'default-set',
+      logger: silentLogger,
+    });
+  });
+  after(async () => {
+    await t.close();
+    await api.close();
+  });
+
+  const tx = (body: string, extra: { configurationSet?: string; tags?: Record<string, string> } = {}) => {
+    const buf = Buffer.from(body);
+    return {
+      id: 'Q1',
+      mailFrom: 'app@example.com',
+      recipients: ['a@example.com'],
+      body: () => Readable.from([buf]),
+      size: buf.length,
+      ...extra,
+    };
+  };
+
+  test("ConfigurationSetName is the tenant's set (over the default), EmailTags its tags", async () => {
+    api.reset();
+    const res = await t.send(tx(messageBody('api'), { configurationSet: 'shop-events', tags: TENANT.tags }));
+    assert.equal(res[0].class, 'delivered');
+    assert.equal(api.sends[0].configurationSet, 'shop-events');
+    assert.deepEqual(api.sends[0].tags, { campaign: 'spring-2026', team: 'checkout_1' });
+    assert.equal(api.sends[0].raw.toString(), messageBody('api'), 'the raw content is unchanged');
+  });
+
+  test('without a tenant: the default set and no tags', async () => {
+    api.reset();
+    await t.send(tx(messageBody('api-plain')));
+    assert.equal(api.sends[0].configurationSet, 'default-set');
+    assert.equal(api.sends[0].tags, undefined);
+  });
+});
