@@ -376,13 +376,9 @@ describe('a real SqliteSpool receives reception.tenant', () => {
     assert.deepEqual(stores[0].tenant, { name: 'news', priority: 'bulk', dailyQuota: 10 });
   });
 
-  it(
-    'the tenant is read back from the spool (lease)',
-    { todo: 'persisting reception.tenant is the spool migration of the tenant-egress branch' },
-    () => {
-      const [leased] = sqlite.lease(10);
-      assert.ok(leased);
-      assert.deepEqual(leased.reception.tenant, { name: 'news', priority: 'bulk', dailyQuota: 10 });
-    },
-  );
+  it('the tenant is read back from the spool (lease)', () => {
+    const [leased] = sqlite.lease(10);
+    assert.ok(leased);
+    assert.deepEqual(leased.reception.tenant, { name: 'news', priority: 'bulk', dailyQuota: 10 });
+  });
 });
