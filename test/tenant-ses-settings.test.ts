@@ -7,6 +7,8 @@
  * names its own configuration set keeps it; header values cannot inject a line.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { SesApiTransport } from '../src/egress/transport/ses-api-transport';
@@ -15,6 +17,18 @@ import { silentLogger } from '../src/observability/logger';
 import type { Tenant } from '../src/types';
 import { messageBody, startEgress, type EgressHarness } from './helpers/egress-harness';
 import { startFakeSesApi, type FakeSesApi } from './helpers/fake-ses-api';
+import { startFakeSes, type FakeSes } from './helpers/fake-ses';
+import { markerOf, numberedMessage } from './helpers/mail';
+import {
+  fakeSesEnv,
+  metricValue,
+  startRelayProcess,
+  stopRelayProcess,
+  tempDir,
+  type RelayProcess,
+} from './helpers/relay-process';
+import bcrypt from 'bcryptjs';
+import nodemailer from 'nodemailer';
 
 const TENANT: Tenant = {
   name: 'shop',
@@ -131,5 +145,69 @@ describe('over the API (local SES v2 endpoint, real SDK client)', () => {
     await t.send(tx(messageBody('api-plain')));
     assert.equal(api.sends[0].configurationSet, 'default-set');
     assert.equal(api.sends[0].tags, undefined);
+  });
+});
+
+describe('from AUTH to SES: a relay process (SMTP_USER_POLICY_FILE, fake SES over STARTTLS)', () => {
+  let ses: FakeSes;
+  let relay: RelayProcess;
+  let dir: string;
+  before(async () => {
+    ses = await startFakeSes();
+    dir = tempDir();
+    const policyFile = path.join(dir, 'policy.json');
+    fs.writeFileSync(
+      policyFile,
+      JSON.stringify({
+        shop: { configuration_set: 'shop-events', tags: { campaign: 'spring-2026' }, priority: 'high' },
+      }),
+    );
+    const hash = bcrypt.hashSync('pw', 4);
+    relay = await startRelayProcess({
+      env: {
+        ...fakeSesEnv(ses.port),
+        SMTP_USERS: `shop:${hash},plain:${hash}`,
+        SMTP_USER_POLICY_FILE: policyFile,
+        SMTP_ALLOW_INSECURE_AUTH: 'true',
+        SES_CONFIGURATION_SET: 'default-set',
+        SES_RATE_LIMIT: '100',
+      },
+    });
+  });
+  after(async () => {
+    await stopRelayProcess(relay);
+    await ses.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const send = async (user: string, marker: string) => {
+    const client = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: relay.smtpPort,
+      secure: false,
+      ignoreTLS: true,
+      auth: { user, pass: 'pw' },
+    });
+    try {
+      await client.sendMail(numberedMessage(marker, ['someone@example.net']));
+    } finally {
+      client.close();
+    }
+  };
+
+  test("a user's policy goes with its mail to SES; another user's mail gets the default set", async () => {
+    await send('shop', 'from-shop');
+    await send('plain', 'from-plain');
+    await ses.waitFor(2, 20_000);
+    const byMarker = new Map(ses.messages.map((m) => [markerOf(m.body), m.body]));
+    const shop = byMarker.get('from-shop');
+    const plain = byMarker.get('from-plain');
+    assert.ok(shop && plain);
+    assert.deepEqual(fields(shop, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: shop-events']);
+    assert.deepEqual(fields(shop, 'X-SES-MESSAGE-TAGS'), ['X-SES-MESSAGE-TAGS: campaign=spring-2026']);
+    assert.deepEqual(fields(plain, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: default-set']);
+    assert.deepEqual(fields(plain, 'X-SES-MESSAGE-TAGS'), []);
+    const metrics = await relay.metrics();
+    assert.equal(metricValue(metrics, 'ses_relay_tenant_recipients_accepted_total', { tenant: 'shop' }), 1);
   });
 });
