@@ -121,14 +121,17 @@ async function scanAll(client: DynamoDBClient, table: string): Promise<Record<st
   return items;
 }
 
+/** One command's context: its table, its arguments and flags, the DynamoDB client, the output. */
+interface Command {
+  table: string;
+  positional: string[];
+  options: Map<string, string[]>;
+  client: DynamoDBClient;
+  io: CliIo;
+}
+
 /** `add ADDRESS|DOMAIN [--reason R]`: put (or refresh) an entry under the relay's key. */
-async function addSuppression(
-  table: string,
-  positional: string[],
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function addSuppression({ table, positional, options, client, io }: Command): Promise<number> {
   const email = entryKey(positional[0]);
   const now = new Date().toISOString();
   await client.send(
@@ -155,13 +158,7 @@ async function addSuppression(
 }
 
 /** `remove ADDRESS|DOMAIN`: 1 when there was no such entry. */
-async function removeSuppression(
-  table: string,
-  positional: string[],
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function removeSuppression({ table, positional, client, io }: Command): Promise<number> {
   const email = entryKey(positional[0]);
   const out = await client.send(
     new DeleteItemCommand({ TableName: table, Key: { email: { S: email } }, ReturnValues: 'ALL_OLD' }),
@@ -175,13 +172,7 @@ async function removeSuppression(
 }
 
 /** `check ADDRESS`: what the relay would decide (address or domain entry), uncached. */
-async function checkSuppression(
-  table: string,
-  positional: string[],
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function checkSuppression({ table, positional, client, io }: Command): Promise<number> {
   const address = entryKey(positional[0]);
   const list = new SuppressionList({
     client,
@@ -206,13 +197,7 @@ async function checkSuppression(
 }
 
 /** `list [PREFIX]`: every entry (a table scan), tab-separated. */
-async function listSuppressions(
-  table: string,
-  positional: string[],
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function listSuppressions({ table, positional, client, io }: Command): Promise<number> {
   const prefix = positional[0] ? normalizeAddress(positional[0]) : '';
   const items = (await scanAll(client, table))
     .filter((i) => (i.email?.S ?? '').startsWith(prefix))
@@ -228,13 +213,8 @@ async function listSuppressions(
 }
 
 /** `apikey add NAME [--from-domain D] [policy flags]`: prints the new key once. */
-async function addApiKey(
-  table: string,
-  arg: string | undefined,
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function addApiKey({ table, positional, options, client, io }: Command): Promise<number> {
+  const arg = positional[1];
   if (!arg) throw new UsageError('apikey add needs a NAME');
   const policy = policyChange(options, false).set;
   const key = generateApiKey();
@@ -264,13 +244,7 @@ async function addApiKey(
 }
 
 /** `apikey list`: hash prefix, name, state, From domains, policy. */
-async function listApiKeys(
-  table: string,
-  arg: string | undefined,
-  options: Map<string, string[]>,
-  client: DynamoDBClient,
-  io: CliIo,
-): Promise<number> {
+async function listApiKeys({ table, client, io }: Command): Promise<number> {
   const scanned = await scanAll(client, table);
   const raw = new Map(scanned.map((i) => [i[API_KEY_HASH_ATTRIBUTE]?.S ?? '', i]));
   const items = scanned.map(parseApiKeyItem);
@@ -299,16 +273,16 @@ async function suppressionCommand(
   client: DynamoDBClient,
   io: CliIo,
 ): Promise<number> {
-  const table = requireTable(io.env, 'DYNAMODB_TABLE');
+  const cmd = { table: requireTable(io.env, 'DYNAMODB_TABLE'), positional, options, client, io };
   switch (command) {
     case 'add':
-      return addSuppression(table, positional, options, client, io);
+      return addSuppression(cmd);
     case 'remove':
-      return removeSuppression(table, positional, options, client, io);
+      return removeSuppression(cmd);
     case 'check':
-      return checkSuppression(table, positional, options, client, io);
+      return checkSuppression(cmd);
     case 'list':
-      return listSuppressions(table, positional, options, client, io);
+      return listSuppressions(cmd);
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
@@ -336,12 +310,13 @@ async function apiKeyCommand(
   io: CliIo,
 ): Promise<number> {
   const table = requireTable(io.env, 'DYNAMODB_API_KEYS_TABLE');
+  const cmd = { table, positional, options, client, io };
   const [sub, arg] = positional;
   switch (sub) {
     case 'add':
-      return addApiKey(table, arg, options, client, io);
+      return addApiKey(cmd);
     case 'list':
-      return listApiKeys(table, arg, options, client, io);
+      return listApiKeys(cmd);
     case 'update':
       return updatePolicy(client, table, arg, options, io);
     case 'disable':
