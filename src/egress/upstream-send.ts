@@ -3,6 +3,7 @@
  * around it (in flight, latency, reply codes); a transport that throws (a bug, or an unreadable body)
  * still yields one classified result per recipient, to be retried later.
  */
+import { LRUCache } from 'lru-cache';
 import type { Logger } from '../observability/logger';
 import type { QueuedMessage, Spool } from '../spool/spool';
 import { tenantLabel } from '../observability/tenant-label';
@@ -54,8 +55,15 @@ export async function sendUpstream(
 }
 
 /**
+ * Messages whose queue wait was observed: a throttled first attempt does not count as an attempt
+ * (`attempts` stays 0), so without this its retry would be observed a second time. Bounded; after a
+ * restart a message still waiting may be observed once more.
+ */
+const queueWaitObserved = new LRUCache<string, true>({ max: 100_000 });
+
+/**
  * The per-tenant metrics (bounded label, tenant-label.ts): recipients by SES's answer, and for the first
- * transaction of a message's first attempt its queue wait, acceptance to SES's answer.
+ * transaction of a message's first attempt its queue wait, acceptance to SES's answer (once per message).
  */
 function observeTenant(m: QueuedMessage, results: RecipientResult[], firstOfAttempt: boolean): void {
   const tenant = tenantLabel(m.reception.tenant);
@@ -65,7 +73,8 @@ function observeTenant(m: QueuedMessage, results: RecipientResult[], firstOfAtte
     byClass.set(status, (byClass.get(status) ?? 0) + 1);
   }
   for (const [status, n] of byClass) tenantRecipientsSent.inc({ tenant, status }, n);
-  if (firstOfAttempt && m.attempts === 0) {
+  if (firstOfAttempt && m.attempts === 0 && !queueWaitObserved.has(m.id)) {
+    queueWaitObserved.set(m.id, true);
     tenantQueueWait.observe({ tenant }, Math.max(0, Date.now() - m.reception.receivedAt) / 1000);
   }
 }
