@@ -49,6 +49,30 @@ function keepAsking(
 }
 
 /**
+ * A bulk tenant keeps 8 transactions of 50 waiting at `load` (saturated: each takes 0.5 s of tokens at
+ * 100/s); then one single-recipient transaction of another tenant asks at `trickle`. Resolves with how
+ * many bulk transactions were granted before it.
+ */
+async function bulkAheadOfTrickle(load: Admission, trickle: Admission): Promise<number> {
+  const abort = new AbortController();
+  setMaxListeners(64, abort.signal);
+  const grants: TenantGrant[] = [];
+  const bulk: Tenant = { name: 'newsletter', priority: 'bulk' };
+  const loading = keepAsking(load, bulk, 50, 8, performance.now() + 4000, grants, abort.signal);
+  try {
+    await sleep(1200);
+    const asked = grants.length;
+    const ticket = await trickle.admit(1, abort.signal, { tenant: { name: 'shop', priority: 'normal' } });
+    const bulkAhead = grants.length - asked;
+    await ticket.settle({ delivered: 1 });
+    return bulkAhead;
+  } finally {
+    abort.abort();
+    await loading;
+  }
+}
+
+/**
  * The worst excess over `rate × W + depth` of any stretch of grants (sorted by time), 0 when none exceeds
  * it: grants i..j together must fit `rate × (t_j − t_i) + depth` (the bucket's own bound).
  */
@@ -68,24 +92,11 @@ function excessOver(grants: TenantGrant[], rate: number, depth: number): number 
 describe('fair turn (in-process admission)', () => {
   test("a tenant's transaction is not queued behind another tenant's waiting transactions", async () => {
     const admission = await localAdmission({ rate: 100, burst: 50, poolSize: 8 });
-    const abort = new AbortController();
-    setMaxListeners(64, abort.signal);
     try {
-      const grants: TenantGrant[] = [];
-      const bulk: Tenant = { name: 'newsletter', priority: 'bulk' };
-      const until = performance.now() + 4000;
-      const load = keepAsking(admission, bulk, 50, 8, until, grants, abort.signal);
-      await sleep(1200); // saturated: 8 bulk transactions of 50 wait, each takes 0.5 s of tokens
-      const asked = grants.length;
-      const ticket = await admission.admit(1, abort.signal, { tenant: { name: 'shop', priority: 'normal' } });
-      const bulkAhead = grants.length - asked;
-      await ticket.settle({ delivered: 1 });
+      const bulkAhead = await bulkAheadOfTrickle(admission, admission);
       // Arrival order would put it behind the 7-8 bulk transactions already waiting (3.5 s at this rate).
       assert.ok(bulkAhead <= 1, `${bulkAhead} bulk transactions were granted before the shop's one`);
-      abort.abort();
-      await load;
     } finally {
-      abort.abort();
       await admission.stop();
     }
   });
@@ -200,22 +211,10 @@ describe(
       const [a, b] = await Promise.all(
         [0, 1].map(() => createAdmission(settings({ redisUrl: redis.url, limiterId, rate: 100, burst: 50 }))),
       );
-      const abort = new AbortController();
-      setMaxListeners(64, abort.signal);
       try {
-        const grants: TenantGrant[] = [];
-        const bulk: Tenant = { name: 'newsletter', priority: 'bulk' };
-        const load = keepAsking(a, bulk, 50, 8, performance.now() + 4000, grants, abort.signal);
-        await sleep(1200);
-        const asked = grants.length;
-        const ticket = await b.admit(1, abort.signal, { tenant: { name: 'shop', priority: 'normal' } });
-        const bulkAhead = grants.length - asked;
-        await ticket.settle({ delivered: 1 });
+        const bulkAhead = await bulkAheadOfTrickle(a, b);
         assert.ok(bulkAhead <= 1, `${bulkAhead} bulk transactions were granted before the shop's one`);
-        abort.abort();
-        await load;
       } finally {
-        abort.abort();
         await Promise.all([a, b].map((r) => r.stop()));
       }
     });
