@@ -155,6 +155,56 @@ describe('daily_quota in one ingress (counted in memory)', () => {
   });
 });
 
+/**
+ * A quota store as slow as a remote one, over the real in-memory counter: checks answer after `delayMs`,
+ * those that arrive together in the same tick (one timer), as Redis replies do; a count is written
+ * `addDelayMs` after it was asked for.
+ */
+function slowQuota(delayMs: number, addDelayMs = delayMs): TenantQuota {
+  const inner = createTenantQuota();
+  let batch: Array<() => void> = [];
+  const later = <T>(f: () => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (batch.length === 0) {
+        setTimeout(() => {
+          const run = batch;
+          batch = [];
+          for (const r of run) r();
+        }, delayMs);
+      }
+      batch.push(() => void f().then(resolve, reject));
+    });
+  return {
+    kind: 'redis',
+    check: (tenant, n) => later(() => inner.check(tenant, n)),
+    add: (tenant, n) =>
+      new Promise<void>((resolve, reject) =>
+        setTimeout(() => void inner.add(tenant, n).then(resolve, reject), addDelayMs),
+      ),
+    close: () => inner.close(),
+  };
+}
+
+describe('daily_quota with a quota store that answers slowly (as Redis does)', () => {
+  it('the last place goes to one session when two checks answer in the same tick', async () => {
+    const port = await listen(slowQuota(50), 1);
+    const [a, b] = await Promise.all([session(port), session(port)]);
+    await Promise.all([a, b].map((c) => c.command('MAIL FROM:<app@example.com>')));
+    const replies = await Promise.all([a.command(`RCPT TO:<${rcpt(1)}>`), b.command(`RCPT TO:<${rcpt(2)}>`)]);
+    assert.deepEqual(replies.map((r) => r.code).sort(), [250, 451], replies.map((r) => r.text).join(' | '));
+  });
+
+  it('a message just acknowledged still counts while its count is being written', async () => {
+    const port = await listen(slowQuota(20, 500), 1);
+    const a = await session(port);
+    const b = await session(port);
+    assert.equal((await transaction(a, [rcpt(1)])).data?.code, 250);
+    // The count of a's recipient is on its way (500 ms); b asks now.
+    const t = await transaction(b, [rcpt(2)]);
+    assert.match(t.mail.text, QUOTA_REPLY);
+  });
+});
+
 describe('daily_quota shared through Redis', () => {
   let redis: RedisServer;
   before(async () => {
@@ -170,19 +220,25 @@ describe('daily_quota shared through Redis', () => {
     const [portA, portB] = [await listen(quotas[0], 4), await listen(quotas[1], 4)];
     const a = await session(portA);
     const b = await session(portB);
+    const client = new Redis(redis.url);
+    cleanups.push(() => client.disconnect());
+    const key = `ses-relay:{shared-test}:tenant-quota:${utcDay(Date.now())}:quota`;
+    // Another replica sees a message's recipients once its count is written (just after the 250).
+    const counted = async (n: number) => {
+      for (let i = 0; i < 100 && Number(await client.get(key)) < n; i++)
+        await new Promise((r) => setTimeout(r, 10));
+    };
     assert.equal((await transaction(a, [rcpt(1), rcpt(2)])).data?.code, 250);
+    await counted(2);
     assert.equal((await transaction(b, [rcpt(3)])).data?.code, 250);
     const last = await transaction(b, [rcpt(4), rcpt(5)]);
     assert.equal(last.rcpts[0].code, 250);
     assert.match(last.rcpts[1].text, QUOTA_REPLY, "B sees A's recipients");
     assert.equal(last.data?.code, 250);
-    await new Promise((r) => setTimeout(r, 100)); // the count is written after the 250
+    await counted(4);
     assert.match((await transaction(a, [rcpt(6)])).mail.text, QUOTA_REPLY, "A sees B's");
     assert.match((await transaction(b, [rcpt(6)])).mail.text, QUOTA_REPLY);
 
-    const client = new Redis(redis.url);
-    cleanups.push(() => client.disconnect());
-    const key = `ses-relay:{shared-test}:tenant-quota:${utcDay(Date.now())}:quota`;
     assert.equal(await client.get(key), '4');
     const ttl = await client.pttl(key);
     assert.ok(ttl > 47 * 3600_000 && ttl <= 48 * 3600_000, `expires in ~2 days (${ttl} ms)`);

@@ -7,11 +7,11 @@
  *   transaction already has; a recipient given twice counts once. The client may send the accepted ones.
  * - Counted at the 250 (after fsync) with the recipients stored, never at RCPT: a transaction that fails
  *   (552, 452, a dropped connection) costs nothing.
- * - Recipients accepted at RCPT and not yet acknowledged are held ("reserved") in this process: a check
- *   takes them into account and reserving happens in the same tick as the check's answer, so the
- *   sessions of one replica can never together go over the quota. A transaction's reservation ends with
- *   its end of DATA, its next MAIL FROM or its connection (an RSET alone keeps it until then: that can
- *   only refuse more, never accept more).
+ * - Recipients accepted at RCPT and not yet counted are held ("reserved") in this process: a check
+ *   takes them into account and reserving happens in the same synchronous step as the comparison, so the
+ *   sessions of one replica can never together go over the quota. A transaction's reservation ends when
+ *   its 250's count is written, or with its next MAIL FROM or its connection (an RSET alone keeps it
+ *   until then: that can only refuse more, never accept more).
  * - Across replicas (Redis) the check and the count are not atomic: replicas see each other's recipients
  *   only once acknowledged. So a day's count can exceed the quota by at most the recipients of the
  *   tenant's transactions in progress on OTHER replicas at the moment of a check — each at most
@@ -50,6 +50,10 @@ export class QuotaGate {
     const r = this.sessions.get(session);
     if (!r) return;
     this.sessions.delete(session);
+    this.unreserve(r);
+  }
+
+  private unreserve(r: Reservation): void {
     const left = this.reservedFor(r.tenant.name) - r.recipients;
     if (left > 0) this.reserved.set(r.tenant.name, left);
     else this.reserved.delete(r.tenant.name);
@@ -59,44 +63,54 @@ export class QuotaGate {
   async mailFrom(session: SMTPServerSession, tenant: Tenant): Promise<SmtpReplyError | undefined> {
     this.release(session);
     if (tenant.dailyQuota === undefined) return undefined;
-    const refusal = await this.admit(tenant, 1);
-    if (refusal) return refusal;
-    this.sessions.set(session, { tenant, recipients: 0 });
-    return undefined;
+    return this.admit(tenant, 1, () => this.sessions.set(session, { tenant, recipients: 0 }));
   }
 
   /** RCPT TO of a new recipient of this transaction: undefined to accept it (and reserve it). */
   async recipient(session: SMTPServerSession, tenant: Tenant): Promise<SmtpReplyError | undefined> {
     if (tenant.dailyQuota === undefined) return undefined;
-    const refusal = await this.admit(tenant, 1);
-    if (refusal) return refusal;
-    let r = this.sessions.get(session);
-    if (!r) {
-      r = { tenant, recipients: 0 };
-      this.sessions.set(session, r);
-    }
-    r.recipients += 1;
-    this.reserved.set(tenant.name, this.reservedFor(tenant.name) + 1);
-    return undefined;
-  }
-
-  /** The 250 was sent: count the stored recipients and end the reservation. */
-  accepted(session: SMTPServerSession, tenant: Tenant, recipients: number): void {
-    this.release(session);
-    if (tenant.dailyQuota === undefined) return;
-    this.quota.add(tenant, recipients).catch((err: unknown) => {
-      const fields = {
-        event: 'tenant-quota:count-failed',
-        tenant: tenant.name,
-        recipients,
-        err: String(err),
-      };
-      this.log.warn(fields, 'accepted recipients could not be counted towards the daily quota');
+    return this.admit(tenant, 1, () => {
+      let r = this.sessions.get(session);
+      if (!r) {
+        r = { tenant, recipients: 0 };
+        this.sessions.set(session, r);
+      }
+      r.recipients += 1;
+      this.reserved.set(tenant.name, this.reservedFor(tenant.name) + 1);
     });
   }
 
-  /** `n` more recipients, with what this process holds for the tenant, fit in today's quota? */
-  private async admit(tenant: Tenant, n: number): Promise<SmtpReplyError | undefined> {
+  /**
+   * The 250 was sent: count the stored recipients. The reservation ends only once the count is written
+   * (a Redis round trip), so no check of this process sees neither the reservation nor the count.
+   */
+  accepted(session: SMTPServerSession, tenant: Tenant, recipients: number): void {
+    const r = this.sessions.get(session);
+    this.sessions.delete(session);
+    const done = () => {
+      if (r) this.unreserve(r);
+    };
+    if (tenant.dailyQuota === undefined) return done();
+    this.quota
+      .add(tenant, recipients)
+      .catch((err: unknown) => {
+        const fields = {
+          event: 'tenant-quota:count-failed',
+          tenant: tenant.name,
+          recipients,
+          err: String(err),
+        };
+        this.log.warn(fields, 'accepted recipients could not be counted towards the daily quota');
+      })
+      .finally(done);
+  }
+
+  /**
+   * `n` more recipients, with what this process holds for the tenant, fit in today's quota? When they do,
+   * `reserve` runs in the same synchronous step as the comparison: another session's check, resolved in
+   * the same tick, cannot slip in between and take the same last place.
+   */
+  private async admit(tenant: Tenant, n: number, reserve: () => void): Promise<SmtpReplyError | undefined> {
     let check;
     try {
       check = await this.quota.check(tenant, n);
@@ -108,10 +122,13 @@ export class QuotaGate {
       );
       return rejection('quotaUnavailable');
     }
-    // What this process holds is read after the answer, in the tick that reserves: no two sessions of one
-    // replica can both take the last place.
+    // What this process holds is read after the answer and reserved in the same step: no two sessions of
+    // one replica can both take the last place.
     const limit = check.limit ?? Infinity;
-    if (check.used + this.reservedFor(tenant.name) + n <= limit) return undefined;
+    if (check.used + this.reservedFor(tenant.name) + n <= limit) {
+      reserve();
+      return undefined;
+    }
     ingressMetrics.tenantQuotaRefusals.inc({ tenant: tenantLabel(tenant) });
     this.log.info(
       { event: 'tenant-quota:exceeded', tenant: tenant.name, used: check.used, limit: check.limit },
