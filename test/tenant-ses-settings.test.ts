@@ -66,14 +66,32 @@ describe('over SMTP (fake SES, dispatcher and SesSmtpTransport)', () => {
     h.ses.reset();
     await h.store(['b@example.com'], { body: messageBody('plain') });
     const own = `X-SES-CONFIGURATION-SET: own-set\r\n${messageBody('own')}`;
-    await h.store(['c@example.com'], { body: own, tenant: TENANT });
+    await h.store(['c@example.com'], { body: own, tenant: { name: 'no-set', priority: 'normal' } });
     await h.ses.waitFor(2, 10_000);
     const plain = h.ses.messages.find((m) => m.recipients[0] === 'b@example.com')!.body;
     assert.deepEqual(fields(plain, 'X-SES-CONFIGURATION-SET'), []);
     assert.deepEqual(fields(plain, 'X-SES-MESSAGE-TAGS'), []);
     const kept = h.ses.messages.find((m) => m.recipients[0] === 'c@example.com')!.body;
     assert.deepEqual(fields(kept, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: own-set']);
-    assert.equal(fields(kept, 'X-SES-MESSAGE-TAGS').length, 1, 'the tenant tags still go');
+  });
+
+  test("a tenant's set is enforced: the sender's own header (folded or repeated) is replaced", async () => {
+    h.ses.reset();
+    const own =
+      `x-ses-configuration-set: other-tenants-pool\r\n` +
+      `X-SES-Configuration-Set:\r\n\tfolded-set\r\n` +
+      messageBody('own') +
+      `X-SES-CONFIGURATION-SET: in the body stays\r\n`;
+    await h.store(['c@example.com'], { body: own, tenant: TENANT });
+    await h.ses.waitFor(1, 10_000);
+    const body = h.ses.messages[0].body;
+    assert.deepEqual(fields(body, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: shop-events']);
+    assert.ok(!body.toString('latin1').includes('folded-set'), 'the continuation line went with its field');
+    assert.ok(
+      body.toString('latin1').endsWith(`${messageBody('own')}X-SES-CONFIGURATION-SET: in the body stays\r\n`),
+      'the rest of the header section and the body are unchanged',
+    );
+    assert.equal(fields(body, 'X-SES-MESSAGE-TAGS').length, 1, 'the tenant tags go too');
   });
 
   test('tags SES would refuse are left out: no header injection, no broken list', async () => {
@@ -138,6 +156,18 @@ describe('over the API (local SES v2 endpoint, real SDK client)', () => {
     assert.equal(api.sends[0].configurationSet, 'shop-events');
     assert.deepEqual(api.sends[0].tags, { campaign: 'spring-2026', team: 'checkout_1' });
     assert.equal(api.sends[0].raw.toString(), messageBody('api'), 'the raw content is unchanged');
+  });
+
+  test("a tenant's set is enforced over the message's own header, which is removed from the raw content", async () => {
+    api.reset();
+    const own = `X-SES-CONFIGURATION-SET: other-tenants-pool\r\n${messageBody('api-own')}`;
+    await t.send(tx(own, { configurationSet: 'shop-events' }));
+    assert.equal(api.sends[0].configurationSet, 'shop-events');
+    assert.equal(api.sends[0].raw.toString(), messageBody('api-own'));
+    api.reset();
+    await t.send(tx(own));
+    assert.equal(api.sends[0].configurationSet, undefined, "without a tenant's set the sender's header wins");
+    assert.equal(api.sends[0].raw.toString(), own);
   });
 
   test('without a tenant: the default set and no tags', async () => {

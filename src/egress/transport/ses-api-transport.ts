@@ -13,8 +13,9 @@
  *   distinguished. (Not checkable here against real SES; the local endpoint in the tests records Destination.)
  * - `FromEmailAddress` and `FeedbackForwardingEmailAddress` = the envelope sender, as SES over SMTP uses
  *   MAIL FROM (both omitted for the null sender `<>`: SES then takes the From: header);
- * - `ConfigurationSetName` = the tenant's configuration set, else SES_CONFIGURATION_SET, unless the message
- *   carries an X-SES-CONFIGURATION-SET header (the sender's choice wins, as with SMTP); `EmailTags` = the
+ * - `ConfigurationSetName` = the tenant's configuration set (enforced: a X-SES-CONFIGURATION-SET header of
+ *   the message is removed), else SES_CONFIGURATION_SET unless the message carries that header (then the
+ *   sender's choice wins, as with SMTP); `EmailTags` = the
  *   tenant's tags (SES then ignores X-SES-MESSAGE-TAGS headers of the message: API tags win, not joined).
  *
  * Credentials come from the SDK's default chain (environment keys, profile, web identity, ECS/EC2 role),
@@ -35,7 +36,13 @@ import {
 } from '@aws-sdk/client-sesv2';
 import type { Logger } from '../../observability/logger';
 import type { ReplyClass } from '../../types';
-import { CONFIGURATION_SET_HEADER, hasHeader, headerSection, validTags } from './ses-headers';
+import {
+  CONFIGURATION_SET_HEADER,
+  hasHeader,
+  headerSection,
+  validTags,
+  withoutHeaderField,
+} from './ses-headers';
 import type { RecipientResult, Transaction, Transport, UpstreamSignal } from './transport';
 
 /**
@@ -266,8 +273,10 @@ export class SesApiTransport implements Transport {
     }
   }
 
-  private input(tx: Transaction, raw: Buffer): SendEmailCommandInput {
+  private input(tx: Transaction, spooled: Buffer): SendEmailCommandInput {
     const set = tx.configurationSet ?? this.options.configurationSet;
+    // A tenant's set is enforced: the message's own header is removed and the tenant's named.
+    const raw = tx.configurationSet ? withoutHeaderField(spooled, CONFIGURATION_SET_HEADER) : spooled;
     const useSet = set && !hasHeader(headerSection(raw), CONFIGURATION_SET_HEADER);
     const tags = validTags(tx.tags);
     return {

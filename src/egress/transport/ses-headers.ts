@@ -7,7 +7,10 @@
  * both headers before it sends the message on.
  *
  * The body is never re-encoded: a header line is prepended to the raw byte stream, and only when the
- * message's own header section does not already carry that field (the sender's choice wins). Only the
+ * message's own header section does not already carry that field (the sender's choice wins over
+ * SES_CONFIGURATION_SET) — except a tenant's configuration set, which is enforced: the message's own
+ * X-SES-CONFIGURATION-SET lines are removed and the tenant's prepended (a set chosen by the sender could
+ * route it through another tenant's IP pool, event destinations or suppression settings). Only the
  * header section is examined, and at most HEADER_SCAN_LIMIT bytes of it are held in memory.
  */
 import { Readable } from 'node:stream';
@@ -66,10 +69,45 @@ export function prependHeaderUnlessPresent(body: Readable, name: string, value: 
   return prependHeadersUnlessPresent(body, [[name, value]]);
 }
 
-/** `body` with each `[name, value]` line prepended unless its header section already has that field. */
-export function prependHeadersUnlessPresent(body: Readable, fields: Array<[string, string]>): Readable {
+/**
+ * `header` (a header section, or its start) without the field `name`: each of its lines and their folded
+ * continuation lines removed, every other byte as it was.
+ */
+export function withoutField(header: Buffer, name: string): Buffer {
+  const text = header.toString('latin1');
+  const lines = text.match(/[^\n]*\n|[^\n]+$/g) ?? [];
+  const field = new RegExp(`^${escape(name)}[ \\t]*:`, 'i');
+  const kept: string[] = [];
+  let dropping = false;
+  for (const line of lines) {
+    if (dropping && /^[ \t]/.test(line)) continue;
+    dropping = field.test(line);
+    if (!dropping) kept.push(line);
+  }
+  return Buffer.from(kept.join(''), 'latin1');
+}
+
+/**
+ * `body` with each `[name, value]` line prepended unless its header section already has that field; the
+ * fields named in `enforced` are prepended in any case and the message's own lines of them removed (a
+ * tenant's configuration set is the operator's, not the sender's, choice).
+ */
+export function prependHeadersUnlessPresent(
+  body: Readable,
+  fields: Array<[string, string]>,
+  enforced: string[] = [],
+): Readable {
+  const isEnforced = (name: string) => enforced.some((e) => e.toLowerCase() === name.toLowerCase());
   const missing = (head: Buffer) =>
-    fields.filter(([name]) => !hasHeader(head, name)).map(([name, value]) => headerLine(name, value));
+    fields
+      .filter(([name]) => isEnforced(name) || !hasHeader(head, name))
+      .map(([name, value]) => headerLine(name, value));
+  const cleaned = (head: Buffer, end: number) => {
+    if (enforced.length === 0) return head;
+    let section = end >= 0 ? head.subarray(0, end) : head;
+    for (const name of enforced) section = withoutField(section, name);
+    return end >= 0 ? Buffer.concat([section, head.subarray(end)]) : section;
+  };
   async function* withHeader(): AsyncGenerator<Buffer> {
     let head: Buffer = Buffer.alloc(0);
     let decided = false;
@@ -84,13 +122,23 @@ export function prependHeadersUnlessPresent(body: Readable, fields: Array<[strin
       if (end >= 0 || head.length >= HEADER_SCAN_LIMIT) {
         decided = true;
         yield* missing(end >= 0 ? head.subarray(0, end) : head);
-        yield head;
+        yield cleaned(head, end);
       }
     }
     if (!decided) {
       yield* missing(head);
-      if (head.length) yield head;
+      const rest = cleaned(head, -1);
+      if (rest.length) yield rest;
     }
   }
   return Readable.from(withHeader(), { objectMode: false });
+}
+
+/** A whole message without the header field `name` (its header section only; the body is untouched). */
+export function withoutHeaderField(message: Buffer, name: string): Buffer {
+  const end = headerEnd(message);
+  const section = end >= 0 ? message.subarray(0, end) : message;
+  if (!hasHeader(section, name)) return message;
+  const cleaned = withoutField(section, name);
+  return end >= 0 ? Buffer.concat([cleaned, message.subarray(end)]) : cleaned;
 }
