@@ -75,11 +75,12 @@ describe('over SMTP (fake SES, dispatcher and SesSmtpTransport)', () => {
     assert.deepEqual(fields(kept, 'X-SES-CONFIGURATION-SET'), ['X-SES-CONFIGURATION-SET: own-set']);
   });
 
-  test("a tenant's set is enforced: the sender's own header (folded or repeated) is replaced", async () => {
+  test("a tenant's set and tags are enforced: the sender's own headers (folded, any case) are replaced", async () => {
     h.ses.reset();
     const own =
       `x-ses-configuration-set: other-tenants-pool\r\n` +
       `X-SES-Configuration-Set:\r\n\tfolded-set\r\n` +
+      `X-SES-MESSAGE-TAGS: campaign=spoofed\r\n` +
       messageBody('own') +
       `X-SES-CONFIGURATION-SET: in the body stays\r\n`;
     await h.store(['c@example.com'], { body: own, tenant: TENANT });
@@ -91,7 +92,11 @@ describe('over SMTP (fake SES, dispatcher and SesSmtpTransport)', () => {
       body.toString('latin1').endsWith(`${messageBody('own')}X-SES-CONFIGURATION-SET: in the body stays\r\n`),
       'the rest of the header section and the body are unchanged',
     );
-    assert.equal(fields(body, 'X-SES-MESSAGE-TAGS').length, 1, 'the tenant tags go too');
+    assert.deepEqual(
+      fields(body, 'X-SES-MESSAGE-TAGS'),
+      ['X-SES-MESSAGE-TAGS: campaign=spring-2026, team=checkout_1'],
+      "the tenant's tags replace the sender's, as EmailTags do with the API",
+    );
   });
 
   test('tags SES would refuse are left out: no header injection, no broken list', async () => {

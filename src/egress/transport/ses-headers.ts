@@ -8,9 +8,10 @@
  *
  * The body is never re-encoded: a header line is prepended to the raw byte stream, and only when the
  * message's own header section does not already carry that field (the sender's choice wins over
- * SES_CONFIGURATION_SET) — except a tenant's configuration set, which is enforced: the message's own
- * X-SES-CONFIGURATION-SET lines are removed and the tenant's prepended (a set chosen by the sender could
- * route it through another tenant's IP pool, event destinations or suppression settings). Only the
+ * SES_CONFIGURATION_SET) — except a tenant's configuration set and tags, which are enforced: the
+ * message's own X-SES-CONFIGURATION-SET / X-SES-MESSAGE-TAGS lines are removed and the tenant's prepended
+ * (a set chosen by the sender could route it through another tenant's IP pool, event destinations or
+ * suppression settings; tags are the operator's attribution). Only the
  * header section is examined, and at most HEADER_SCAN_LIMIT bytes of it are held in memory.
  */
 import { Readable } from 'node:stream';

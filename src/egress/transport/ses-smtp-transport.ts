@@ -254,8 +254,12 @@ export class SesSmtpTransport implements Transport {
     const fields: Array<[string, string]> = [];
     if (set) fields.push([CONFIGURATION_SET_HEADER, set]);
     if (tags) fields.push([MESSAGE_TAGS_HEADER, tags]);
-    // A tenant's configuration set is enforced (the message's own header replaced); the default is not.
-    const enforced = tx.configurationSet ? [CONFIGURATION_SET_HEADER] : [];
+    // A tenant's configuration set and tags are enforced (the message's own header replaced), as the API's
+    // ConfigurationSetName and EmailTags are; the default set is not.
+    const enforced = [
+      ...(tx.configurationSet ? [CONFIGURATION_SET_HEADER] : []),
+      ...(tags ? [MESSAGE_TAGS_HEADER] : []),
+    ];
     const raw = fields.length ? prependHeadersUnlessPresent(body, fields, enforced) : body;
     // The wrapper ends with the body's error, which the listener above already records.
     if (raw !== body) raw.on('error', () => undefined);
